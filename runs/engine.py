@@ -1,0 +1,305 @@
+"""Executes workflow code durably: claim, replay recorded steps, checkpoint new ones.
+
+One task executes consecutive steps of a run, one commit per step, until the
+workflow returns, fails, or has to wait (sleep, retry backoff, signal); waiting
+releases the worker and the run is dispatched again when it is due. All database
+writes go through methods of runs.models.Run.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.utils import timezone
+
+from runs import heartbeat
+from runs.models import Run, WaitKind, ensure_json
+from runs.workflow import (
+    NonDeterminismError,
+    StepDefinition,
+    StepFailed,
+    StepInfo,
+    UnknownWorkflow,
+    _current_step,
+    registry,
+    step_definition,
+)
+from steps.models import Checkpoint, CheckpointStatus
+from steps.retry import StepOutputError
+from steps.timeouts import call_with_timeout
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 10_000
+MAX_TRACEBACK = 50_000
+
+
+class _Stop(BaseException):
+    """Unwinds workflow code when the run leaves this worker (wait, cancel, lost lease).
+
+    A BaseException so that `except Exception` in workflow code does not swallow it.
+    """
+
+    def __init__(self, outcome: str):
+        super().__init__(outcome)
+        self.outcome = outcome
+
+
+def describe(exc: BaseException) -> dict[str, str]:
+    return {
+        "error_type": type(exc).__qualname__,
+        "error_message": str(exc)[:MAX_MESSAGE],
+        "error_traceback": "".join(traceback.format_exception(exc))[-MAX_TRACEBACK:],
+    }
+
+
+class RunContext:
+    """What a workflow function receives: its run, and the durable calls it may make."""
+
+    def __init__(self, run: Run, token: str, recorded: list[Checkpoint]):
+        self._run = run
+        self._token = token
+        self._recorded = {checkpoint.position: checkpoint for checkpoint in recorded}
+        self._position = 0
+        self._first_fresh = run.steps_done
+        self.stopped: _Stop | None = None
+        self.diverged: NonDeterminismError | None = None
+
+    @property
+    def run_id(self) -> int:
+        return self._run.pk
+
+    @property
+    def input(self) -> Any:
+        return self._run.input
+
+    @property
+    def position(self) -> int:
+        """The position the next durable call will take."""
+        return self._position
+
+    # --- durable calls ------------------------------------------------------------
+
+    def step(self, fn, *args, **kwargs) -> Any:
+        """Run fn(*args, **kwargs) as a checkpointed step and return its JSON output."""
+        definition = step_definition(fn)
+        position = self._take_position()
+        recorded = self._recorded_at(position, definition.name)
+        if recorded is not None:
+            if recorded.status == CheckpointStatus.FAILED:
+                raise StepFailed(
+                    recorded.name,
+                    position,
+                    recorded.error_type,
+                    recorded.error_message,
+                    recorded.error_traceback,
+                )
+            return recorded.output
+        return self._execute(definition, position, args, kwargs)
+
+    def sleep(self, duration: float | timedelta) -> None:
+        """Pause the run; the worker is released and the run wakes when the time has come."""
+        seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
+        position = self._take_position()
+        recorded = self._recorded_at(position, "sleep")
+        now = timezone.now()
+        if recorded is None:
+            until = now + timedelta(seconds=max(seconds, 0))
+            self._checkpoint(position, "sleep", output={"until": until.isoformat()}, started_at=now)
+        else:
+            until = datetime.fromisoformat(recorded.output["until"])
+        if until > timezone.now():
+            self._suspend(WaitKind.SLEEP, position, wake_at=until)
+
+    def wait_for_signal(
+        self, name: str, timeout: float | timedelta | None = None, default: Any = None
+    ) -> Any:
+        """Wait for the named signal and return its payload, or `default` after `timeout`.
+
+        A signal sent before the run gets here is kept and consumed here.
+        """
+        step_name = f"signal:{name}"
+        position = self._take_position()
+        recorded = self._recorded_at(position, step_name)
+        if recorded is not None:
+            return default if recorded.output.get("timed_out") else recorded.output.get("payload")
+
+        started = timezone.now()
+        outcome, payload = self._run.take_signal(self._token, name, position, started_at=started)
+        if outcome == "taken":
+            return payload
+        if outcome != "none":
+            self._stop(outcome)
+
+        run = self._run
+        already_waiting = run.wait_kind == WaitKind.SIGNAL and run.wait_position == position
+        if already_waiting and run.wake_at and run.wake_at <= timezone.now():
+            self._checkpoint(position, step_name, output={"timed_out": True}, started_at=started)
+            return default
+        if already_waiting:
+            deadline = run.wake_at
+        elif timeout is None:
+            deadline = None
+        else:
+            seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+            deadline = started + timedelta(seconds=seconds)
+        self._suspend(WaitKind.SIGNAL, position, wake_at=deadline, signal=name)
+
+    # --- machinery ------------------------------------------------------------------
+
+    def _take_position(self) -> int:
+        if self.stopped is not None:
+            raise self.stopped
+        if self.diverged is not None:
+            raise self.diverged
+        position = self._position
+        self._position += 1
+        return position
+
+    def _recorded_at(self, position: int, name: str) -> Checkpoint | None:
+        recorded = self._recorded.get(position)
+        if recorded is not None and recorded.name != name:
+            self.diverged = NonDeterminismError(
+                f"Replay of run {self.run_id} diverged at position {position}: the code now calls "
+                f"step {name!r} but the recorded step there is {recorded.name!r}."
+            )
+            raise self.diverged
+        return recorded
+
+    def _execute(self, definition: StepDefinition, position: int, args: tuple, kwargs: dict) -> Any:
+        attempt = 1
+        if position == self._first_fresh:
+            attempt += self._run.failed_attempts_at(position)
+        started = timezone.now()
+        info = StepInfo(
+            run_id=self.run_id,
+            name=definition.name,
+            position=position,
+            attempt=attempt,
+            idempotency_key=self._run.step_idempotency_key(position),
+        )
+        reset = _current_step.set(info)
+        try:
+            value = call_with_timeout(definition.fn, args, kwargs, definition.timeout)
+            try:
+                value = ensure_json(value, f"the output of step {definition.name!r}")
+            except ValueError as exc:
+                raise StepOutputError(str(exc)) from None
+        except Exception as exc:
+            self._failed(definition, position, attempt, started, exc)
+        finally:
+            _current_step.reset(reset)
+        self._checkpoint(position, definition.name, output=value, started_at=started, attempts=attempt)
+        return value
+
+    def _failed(self, definition: StepDefinition, position: int, attempt: int, started, exc: Exception):
+        error = describe(exc)
+        record = dict(
+            position=position,
+            name=definition.name,
+            number=attempt,
+            started_at=started,
+            finished_at=timezone.now(),
+            **error,
+        )
+        policy = definition.retry
+        if policy.should_retry(attempt, exc):
+            retry_at = timezone.now() + timedelta(seconds=policy.delay(attempt))
+            log.info(
+                "run %s step %s attempt %s failed (%s); retry at %s",
+                self.run_id,
+                definition.name,
+                attempt,
+                error["error_type"],
+                retry_at,
+            )
+            self._stop(self._run.record_failed_attempt(self._token, record, retry_at) + "/retry")
+        outcome = self._run.record_final_failure(
+            self._token,
+            record,
+            position=position,
+            name=definition.name,
+            status=CheckpointStatus.FAILED,
+            attempts=attempt,
+            epoch=self._run.epoch,
+            started_at=started,
+            finished_at=record["finished_at"],
+            **error,
+        )
+        if outcome != "ok":
+            self._stop(outcome)
+        raise StepFailed(
+            definition.name, position, error["error_type"], error["error_message"], error["error_traceback"]
+        ) from exc
+
+    def _checkpoint(self, position: int, name: str, *, output: Any, started_at, attempts: int = 1) -> None:
+        outcome = self._run.record_checkpoint(
+            self._token,
+            position=position,
+            name=name,
+            status=CheckpointStatus.SUCCEEDED,
+            output=output,
+            attempts=attempts,
+            epoch=self._run.epoch,
+            started_at=started_at,
+            finished_at=timezone.now(),
+        )
+        if outcome != "ok":
+            self._stop(outcome)
+
+    def _suspend(self, kind: str, position: int, *, wake_at=None, signal: str = ""):
+        outcome = self._run.suspend(self._token, kind, position=position, wake_at=wake_at, signal=signal)
+        self._stop(f"{outcome}/{kind}" if outcome == "ok" else outcome)
+
+    def _stop(self, outcome: str):
+        self.stopped = _Stop(outcome)
+        raise self.stopped
+
+
+def execute_run(run_id: int, token: str | None = None) -> str:
+    """Advance one run as far as it will go. Returns what happened, for logs and tests."""
+    token = token or uuid.uuid4().hex
+    if not Run.objects.claim(run_id, heartbeat.process_name(), token):
+        return "skipped"  # already claimed, finished, or cancelled: a duplicate doorbell
+    run = Run.objects.get(pk=run_id)
+    try:
+        definition = registry.get(run.workflow)
+    except UnknownWorkflow as exc:
+        run.finish(token, error=describe(exc))
+        return "failed"
+
+    ctx = RunContext(run, token, list(run.live_checkpoints()))
+    try:
+        output = definition.fn(ctx, run.input)
+    except _Stop as stop:
+        return stop.outcome
+    except Exception as exc:
+        if ctx.stopped is not None:  # workflow code swallowed our stop and raised something else
+            return ctx.stopped.outcome
+        return _fail(run, token, ctx.diverged or exc)
+    if ctx.stopped is not None:
+        return ctx.stopped.outcome
+    if ctx.diverged is not None:
+        return _fail(run, token, ctx.diverged)
+    try:
+        output = ensure_json(output, f"the output of workflow {run.workflow!r}")
+    except ValueError as exc:
+        return _fail(run, token, exc)
+    return "succeeded" if run.finish(token, output=output) else "lost"
+
+
+def _fail(run: Run, token: str, exc: BaseException) -> str:
+    error = describe(exc)
+    if isinstance(exc, StepFailed):
+        error.update(
+            error_type=exc.error_type,
+            error_position=exc.position,
+            error_message=f"step {exc.step_name!r} failed: {exc.error_message}"[:MAX_MESSAGE],
+            error_traceback=exc.traceback or error["error_traceback"],
+        )
+    log.info("run %s failed: %s: %s", run.pk, error["error_type"], error["error_message"])
+    return "failed" if run.finish(token, error=error) else "lost"

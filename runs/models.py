@@ -1,0 +1,683 @@
+"""Runs, their signals, the audit log, and the worker processes that hold leases.
+
+Every change of a run's status is a conditional UPDATE whose WHERE clause names
+the states it may come from (and, for the worker, its lease token). The row
+count says whether it happened; nothing here reads a status, decides in Python,
+and then saves.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models import Case, F, Q, Value, When
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from runs import dispatch
+from steps.models import Attempt, Checkpoint, CheckpointStatus
+
+
+class Status(models.TextChoices):
+    PENDING = "pending", "pending"  # a doorbell is out; waiting for a worker to claim it
+    RUNNING = "running", "running"  # a worker holds the lease and is executing steps
+    WAITING = "waiting", "waiting"  # released: sleeping, backing off to retry, or awaiting a signal
+    SUCCEEDED = "succeeded", "succeeded"  # the workflow returned; its output is recorded
+    FAILED = "failed", "failed"  # the workflow raised; resume or retry from a step
+    DEAD = "dead", "dead-lettered"  # its worker was lost too often; an operator decides
+    CANCELLED = "cancelled", "cancelled"  # stopped by an operator; no further step runs
+
+
+FINAL_STATUSES = frozenset({Status.SUCCEEDED, Status.FAILED, Status.DEAD, Status.CANCELLED})
+ACTIVE_STATUSES = frozenset({Status.PENDING, Status.RUNNING, Status.WAITING})
+
+# Which status may follow which. Every update below asserts its move is listed.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    Status.PENDING: frozenset({Status.RUNNING, Status.CANCELLED}),
+    Status.RUNNING: frozenset(
+        {
+            Status.WAITING,  # sleep, retry backoff, signal wait
+            Status.SUCCEEDED,
+            Status.FAILED,
+            Status.CANCELLED,  # a requested cancel observed between steps
+            Status.PENDING,  # lease lapsed: recovered and dispatched again
+            Status.DEAD,  # lease lapsed once too often
+        }
+    ),
+    Status.WAITING: frozenset({Status.PENDING, Status.CANCELLED}),
+    Status.SUCCEEDED: frozenset({Status.PENDING}),  # retry from a step
+    Status.FAILED: frozenset({Status.PENDING}),  # resume, retry from a step, edit
+    Status.DEAD: frozenset({Status.PENDING}),  # resume, retry from a step, edit
+    Status.CANCELLED: frozenset({Status.PENDING}),  # retry from a step
+}
+
+
+class InvalidOperation(Exception):
+    """An operator asked for something the run's current state does not allow."""
+
+
+def check_transition(sources, target) -> None:
+    for source in sources:
+        if target not in TRANSITIONS[source]:
+            raise AssertionError(f"{source} -> {target} is not in the transition table")
+
+
+def ensure_json(value: Any, what: str) -> Any:
+    """Return value as it will read back from the database, or raise ValueError."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} is not JSON-serialisable: {exc}") from None
+
+
+def new_idempotency_key() -> str:
+    return uuid.uuid4().hex
+
+
+def actor_label(by) -> str:
+    if by is None:
+        return "system"
+    if isinstance(by, str):
+        return by
+    return by.get_username()
+
+
+class RunQuerySet(models.QuerySet):
+    def start(self, workflow: str, input: Any = None, *, queue: str = "", by=None) -> Run:
+        """Create a pending run of a registered workflow and ring its doorbell."""
+        from runs.workflow import registry
+
+        definition = registry.get(workflow)
+        data = ensure_json(input, "run input")
+        with transaction.atomic():
+            run = self.create(
+                workflow=definition.name,
+                input=data,
+                queue=queue or definition.queue or settings.CELERY_TASK_DEFAULT_QUEUE,
+                dispatched_at=timezone.now(),
+            )
+            AuditEntry.record(run, "start", by, details={"workflow": definition.name})
+            dispatch.ring_on_commit(run)
+        return run
+
+    def claim(self, run_id: int, owner: str, token: str) -> bool:
+        """Take the lease on a pending run. A duplicate doorbell finds nothing to claim."""
+        check_transition([Status.PENDING], Status.RUNNING)
+        now = timezone.now()
+        return (
+            self.filter(pk=run_id, status=Status.PENDING).update(
+                status=Status.RUNNING,
+                lease_owner=owner,
+                lease_token=token,
+                started_at=Coalesce(F("started_at"), Value(now)),
+                updated_at=now,
+            )
+            == 1
+        )
+
+    def orphaned(self):
+        """Running runs whose worker process has stopped heartbeating."""
+        cutoff = timezone.now() - timedelta(seconds=settings.DURABLE_LEASE_TIMEOUT)
+        alive = WorkerProcess.objects.filter(heartbeat_at__gte=cutoff).values("name")
+        return self.filter(status=Status.RUNNING).exclude(lease_owner__in=alive)
+
+    def due_to_wake(self):
+        return self.filter(status=Status.WAITING, wake_at__lte=timezone.now())
+
+    def signalled_while_waiting(self):
+        pending_signal = Signal.objects.filter(
+            run=models.OuterRef("pk"), name=models.OuterRef("wait_signal"), consumed_at__isnull=True
+        )
+        return self.filter(status=Status.WAITING, wait_kind=WaitKind.SIGNAL).filter(
+            models.Exists(pending_signal)
+        )
+
+    def unanswered(self):
+        """Pending runs whose doorbell should have been answered by now."""
+        cutoff = timezone.now() - timedelta(seconds=settings.DURABLE_REDISPATCH_AFTER)
+        return self.filter(status=Status.PENDING, dispatched_at__lt=cutoff)
+
+
+class WaitKind(models.TextChoices):
+    NONE = "", "-"
+    SLEEP = "sleep", "sleep"
+    RETRY = "retry", "retry backoff"
+    SIGNAL = "signal", "signal"
+
+
+class Run(models.Model):
+    workflow = models.CharField(max_length=200)
+    input = models.JSONField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    queue = models.CharField(max_length=100, default="durable")
+    # Base of every step's idempotency key; never changes for the life of the run.
+    idempotency_key = models.CharField(max_length=32, default=new_idempotency_key, editable=False)
+    # Bumped by retry-from-step, so re-executed steps get fresh idempotency keys.
+    epoch = models.PositiveIntegerField(default=0)
+    # Number of live checkpoints, which is also the next position to execute.
+    steps_done = models.PositiveIntegerField(default=0)
+    current_step = models.CharField(max_length=200, blank=True)
+
+    error_type = models.CharField(max_length=200, blank=True)
+    error_message = models.TextField(blank=True)
+    error_traceback = models.TextField(blank=True)
+    # Position of the failed step whose error ended the run, if a step's did.
+    error_position = models.PositiveIntegerField(null=True, blank=True)
+
+    wait_kind = models.CharField(max_length=10, choices=WaitKind.choices, blank=True, default="")
+    wait_signal = models.CharField(max_length=200, blank=True)
+    wait_position = models.PositiveIntegerField(null=True, blank=True)
+    wake_at = models.DateTimeField(null=True, blank=True)
+
+    lease_owner = models.CharField(max_length=200, blank=True)
+    lease_token = models.CharField(max_length=64, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    recovery_count = models.PositiveIntegerField(default=0)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = RunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        permissions = [("operate", "Can resume, retry, cancel, signal and edit runs")]
+        indexes = [
+            # Sweep: waiting runs due to wake, pending runs whose doorbell went unanswered.
+            models.Index(fields=["status", "wake_at"], name="run_status_wake"),
+            models.Index(fields=["status", "dispatched_at"], name="run_status_dispatched"),
+            # Run list filtered by status or workflow, newest first (keyset on id).
+            models.Index(fields=["status", "-id"], name="run_status_id"),
+            models.Index(fields=["workflow", "-id"], name="run_workflow_id"),
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.pk} {self.workflow} ({self.status})"
+
+    # --- reading -------------------------------------------------------------
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    def live_checkpoints(self):
+        return self.checkpoints.live().order_by("position")
+
+    def failed_attempts_at(self, position: int) -> int:
+        return Attempt.objects.live().filter(run=self, position=position).count()
+
+    def step_idempotency_key(self, position: int, epoch: int | None = None) -> str:
+        return f"{self.idempotency_key}-{self.epoch if epoch is None else epoch}-{position}"
+
+    def duration(self):
+        if not self.started_at:
+            return None
+        return (self.finished_at or timezone.now()) - self.started_at
+
+    # --- the worker's writes (all conditional on the lease token) -------------
+
+    def _leased(self, token: str):
+        return Run.objects.filter(pk=self.pk, status=Status.RUNNING, lease_token=token)
+
+    def record_checkpoint(self, token: str, **fields) -> str:
+        """Commit a step's checkpoint and advance the run in one transaction.
+
+        Returns "ok", "cancelled" (checkpoint kept, run stopped) or "lost" (another
+        worker owns the run now; nothing was written).
+        """
+        position = fields["position"]
+        now = timezone.now()
+        advance = dict(
+            steps_done=position + 1,
+            current_step=fields["name"],
+            updated_at=now,
+            wait_kind="",
+            wait_signal="",
+            wait_position=None,
+            wake_at=None,
+        )
+        with transaction.atomic():
+            outcome = self._advance(token, advance, now)
+            if outcome != "lost":
+                Checkpoint.objects.create(run_id=self.pk, **fields)
+        if outcome != "lost":
+            self.steps_done = position + 1
+        return outcome
+
+    def _advance(self, token: str, advance: dict, now) -> str:
+        if self._leased(token).filter(cancel_requested=False).update(**advance):
+            return "ok"
+        check_transition([Status.RUNNING], Status.CANCELLED)
+        cancelled = self._leased(token).update(
+            **advance, status=Status.CANCELLED, finished_at=now, lease_owner="", lease_token=""
+        )
+        return "cancelled" if cancelled else "lost"
+
+    def record_failed_attempt(self, token: str, attempt: dict, retry_at) -> str:
+        """Store a failed attempt and release the run until retry_at."""
+        return self._suspend(
+            token,
+            WaitKind.RETRY,
+            position=attempt["position"],
+            wake_at=retry_at,
+            before=lambda: Attempt.objects.create(run_id=self.pk, **attempt),
+        )
+
+    def record_final_failure(self, token: str, attempt: dict, **checkpoint) -> str:
+        with transaction.atomic():
+            outcome = self.record_checkpoint(token, **checkpoint)
+            if outcome != "lost":
+                Attempt.objects.create(run_id=self.pk, **attempt)
+        return outcome
+
+    def suspend(self, token: str, kind: str, *, position: int, wake_at=None, signal: str = "") -> str:
+        return self._suspend(token, kind, position=position, wake_at=wake_at, signal=signal)
+
+    def _suspend(self, token, kind, *, position, wake_at=None, signal="", before=None) -> str:
+        """Release the run to WAITING (or CANCELLED if a cancel was requested)."""
+        check_transition([Status.RUNNING], Status.WAITING)
+        now = timezone.now()
+        with transaction.atomic():
+            updated = self._leased(token).update(
+                status=Case(
+                    When(cancel_requested=True, then=Value(Status.CANCELLED)),
+                    default=Value(Status.WAITING),
+                ),
+                finished_at=Case(When(cancel_requested=True, then=Value(now)), default=None),
+                wait_kind=kind,
+                wait_signal=signal,
+                wait_position=position,
+                wake_at=wake_at,
+                lease_owner="",
+                lease_token="",
+                updated_at=now,
+            )
+            if not updated:
+                return "lost"
+            if before:
+                before()
+        if kind == WaitKind.SIGNAL and Run.objects.filter(pk=self.pk).signalled_while_waiting().exists():
+            # The signal arrived while we were deciding to wait: it must not be lost.
+            self.wake()
+        return "ok"
+
+    def take_signal(self, token: str, name: str, position: int, started_at) -> tuple[str, Any]:
+        """Consume the oldest unread signal of this name and checkpoint it, atomically.
+
+        Returns ("taken", payload), ("none", None) when there is no such signal yet,
+        or the checkpoint outcome ("cancelled", "lost") when the run left this worker.
+        """
+        with transaction.atomic():
+            signal = self.signals.filter(name=name, consumed_at__isnull=True).order_by("id").first()
+            if signal is None or not signal.consume(position):
+                return "none", None
+            outcome = self.record_checkpoint(
+                token,
+                position=position,
+                name=f"signal:{name}",
+                status=CheckpointStatus.SUCCEEDED,
+                output={"payload": signal.payload, "signal_id": signal.pk},
+                epoch=self.epoch,
+                started_at=started_at,
+                finished_at=timezone.now(),
+            )
+            if outcome == "lost":
+                transaction.set_rollback(True)  # leave the signal for the worker that owns the run
+                return "lost", None
+        return ("taken" if outcome == "ok" else outcome), signal.payload
+
+    def finish(self, token: str, *, output=None, error: dict | None = None) -> bool:
+        now = timezone.now()
+        fields: dict[str, Any] = dict(finished_at=now, updated_at=now, lease_owner="", lease_token="")
+        if error is None:
+            check_transition([Status.RUNNING], Status.SUCCEEDED)
+            fields.update(status=Status.SUCCEEDED, output=output)
+        else:
+            check_transition([Status.RUNNING], Status.FAILED)
+            fields.update(status=Status.FAILED, **error)
+        return self._leased(token).update(**fields) == 1
+
+    # --- recovery and wake-ups (sweep, lost prefork children) -----------------
+
+    def recover(self, reason: str) -> str | None:
+        """Take a running run back from a lost worker: dispatch it again or dead-letter it."""
+        check_transition([Status.RUNNING], Status.PENDING)
+        check_transition([Status.RUNNING], Status.DEAD)
+        check_transition([Status.RUNNING], Status.CANCELLED)
+        now = timezone.now()
+        limit = settings.DURABLE_MAX_RECOVERIES
+        with transaction.atomic():
+            updated = Run.objects.filter(
+                pk=self.pk, status=Status.RUNNING, lease_token=self.lease_token
+            ).update(
+                status=Case(
+                    When(cancel_requested=True, then=Value(Status.CANCELLED)),
+                    When(recovery_count__gte=limit, then=Value(Status.DEAD)),
+                    default=Value(Status.PENDING),
+                ),
+                finished_at=Case(
+                    When(Q(cancel_requested=True) | Q(recovery_count__gte=limit), then=Value(now)),
+                    default=None,
+                ),
+                error_type=Case(
+                    When(Q(cancel_requested=False) & Q(recovery_count__gte=limit), then=Value("WorkerLost")),
+                    default=F("error_type"),
+                ),
+                error_message=Case(
+                    When(
+                        Q(cancel_requested=False) & Q(recovery_count__gte=limit),
+                        then=Value(f"worker lost {limit + 1} times; dead-lettered for an operator"),
+                    ),
+                    default=F("error_message"),
+                ),
+                recovery_count=F("recovery_count") + 1,
+                lease_owner="",
+                lease_token="",
+                dispatched_at=now,
+                updated_at=now,
+            )
+            if not updated:
+                return None
+            self.refresh_from_db(fields=["status", "queue", "recovery_count"])
+            AuditEntry.record(self, "recover", None, reason=reason, details={"outcome": self.status})
+            if self.status == Status.PENDING:
+                dispatch.ring_on_commit(self)
+        return self.status
+
+    def wake(self) -> bool:
+        check_transition([Status.WAITING], Status.PENDING)
+        now = timezone.now()
+        with transaction.atomic():
+            woken = Run.objects.filter(pk=self.pk, status=Status.WAITING).update(
+                status=Status.PENDING, dispatched_at=now, updated_at=now
+            )
+            if woken:
+                dispatch.ring_on_commit(self)
+        return bool(woken)
+
+    def redispatch(self) -> bool:
+        now = timezone.now()
+        with transaction.atomic():
+            rung = Run.objects.filter(
+                pk=self.pk, status=Status.PENDING, dispatched_at=self.dispatched_at
+            ).update(dispatched_at=now)
+            if rung:
+                dispatch.ring_on_commit(self)
+        return bool(rung)
+
+    # --- operator operations ----------------------------------------------------
+
+    def _reopen(self, allowed, action: str, **fields) -> None:
+        """Move the run from one of `allowed` back to PENDING, or explain why not."""
+        check_transition(allowed, Status.PENDING)
+        now = timezone.now()
+        updated = Run.objects.filter(pk=self.pk, status__in=allowed).update(
+            status=Status.PENDING,
+            output=None,
+            error_type="",
+            error_message="",
+            error_traceback="",
+            error_position=None,
+            wait_kind="",
+            wait_signal="",
+            wait_position=None,
+            wake_at=None,
+            cancel_requested=False,
+            finished_at=None,
+            dispatched_at=now,
+            updated_at=now,
+            **fields,
+        )
+        if not updated:
+            self.refresh_from_db(fields=["status"])
+            names = ", ".join(Status(s).label for s in allowed)
+            raise InvalidOperation(
+                f"Cannot {action} run {self.pk}: it is {self.get_status_display()} "
+                f"(allowed when the run is {names})."
+            )
+
+    def resume(self, by=None, reason: str = "") -> None:
+        """Continue a failed or dead-lettered run from where it stopped.
+
+        If a step's failure ended the run, that failure checkpoint is superseded so the
+        step gets a fresh set of attempts; its idempotency key stays the same, because
+        an earlier attempt may have reached the external system.
+        """
+        with transaction.atomic():
+            failed_at = Run.objects.filter(pk=self.pk).values_list("error_position", flat=True).first()
+            self._reopen([Status.FAILED, Status.DEAD], "resume", recovery_count=0)
+            details: dict[str, Any] = {}
+            if failed_at is not None:
+                step = self.checkpoints.live().filter(position=failed_at, status=CheckpointStatus.FAILED)
+                if step.exists():
+                    Checkpoint.objects.supersede_from(self, failed_at)
+                    Attempt.objects.supersede_from(self, failed_at)
+                    Run.objects.filter(pk=self.pk).update(steps_done=failed_at)
+                    details["superseded_from"] = failed_at
+            AuditEntry.record(self, "resume", by, reason=reason, details=details)
+            dispatch.ring_on_commit(self)
+        self.refresh_from_db()
+
+    def retry_from(self, position: int, by=None, reason: str = "") -> None:
+        """Re-execute the run from `position`: later checkpoints are superseded, not deleted.
+
+        The run's epoch goes up, so the re-executed steps get new idempotency keys: the
+        operator asked for their side effects to happen again.
+        """
+        with transaction.atomic():
+            live = self.checkpoints.live().count()
+            if not 0 <= position < live:
+                raise InvalidOperation(
+                    f"Run {self.pk} has no step at position {position}; "
+                    + (f"its steps are at positions 0 to {live - 1}." if live else "it has no steps yet.")
+                )
+            self._reopen(
+                [Status.FAILED, Status.DEAD, Status.SUCCEEDED, Status.CANCELLED],
+                "retry",
+                epoch=F("epoch") + 1,
+                steps_done=position,
+                recovery_count=0,
+            )
+            superseded = Checkpoint.objects.supersede_from(self, position)
+            Attempt.objects.supersede_from(self, position)
+            AuditEntry.record(
+                self,
+                "retry",
+                by,
+                reason=reason,
+                details={"from_position": position, "superseded": superseded},
+            )
+            dispatch.ring_on_commit(self)
+        self.refresh_from_db()
+
+    def cancel(self, by=None, reason: str = "") -> str:
+        """Cancel now if no worker holds the run, else before its next step."""
+        check_transition([Status.PENDING, Status.WAITING], Status.CANCELLED)
+        now = timezone.now()
+        with transaction.atomic():
+            if Run.objects.filter(pk=self.pk, status__in=[Status.PENDING, Status.WAITING]).update(
+                status=Status.CANCELLED, finished_at=now, updated_at=now
+            ):
+                outcome = "cancelled"
+            elif Run.objects.filter(pk=self.pk, status=Status.RUNNING).update(
+                cancel_requested=True, updated_at=now
+            ):
+                outcome = "cancel requested"
+            else:
+                self.refresh_from_db(fields=["status"])
+                raise InvalidOperation(
+                    f"Cannot cancel run {self.pk}: it is already {self.get_status_display()}."
+                )
+            AuditEntry.record(self, "cancel", by, reason=reason, details={"outcome": outcome})
+        self.refresh_from_db()
+        return outcome
+
+    def send_signal(self, name: str, payload: Any = None, by=None, reason: str = "") -> Signal:
+        """Deliver a named signal; a run that is not waiting for it yet keeps it for later."""
+        name = (name or "").strip()
+        if not name:
+            raise InvalidOperation("A signal needs a name.")
+        try:
+            payload = ensure_json(payload, "signal payload")
+        except ValueError as exc:
+            raise InvalidOperation(str(exc)) from None
+        with transaction.atomic():
+            # Lock-free guard: the insert only stands if the run is still unfinished.
+            touched = Run.objects.filter(pk=self.pk, status__in=list(ACTIVE_STATUSES)).update(
+                updated_at=timezone.now()
+            )
+            if not touched:
+                self.refresh_from_db(fields=["status"])
+                raise InvalidOperation(
+                    f"Cannot signal run {self.pk}: it is already {self.get_status_display()}."
+                )
+            signal = Signal.objects.create(run=self, name=name, payload=payload, sent_by=actor_label(by))
+            AuditEntry.record(self, "signal", by, reason=reason, details={"name": name, "payload": payload})
+        if Run.objects.filter(pk=self.pk, wait_signal=name).signalled_while_waiting().exists():
+            self.wake()
+        self.refresh_from_db()
+        return signal
+
+    def edit_checkpoint(self, position: int, output: Any, by=None, reason: str = "") -> Checkpoint:
+        """Replace the output of a live checkpoint, keep the old one superseded, and resume."""
+        try:
+            output = ensure_json(output, "checkpoint output")
+        except ValueError as exc:
+            raise InvalidOperation(str(exc)) from None
+        with transaction.atomic():
+            old = self.checkpoints.live().filter(position=position).first()
+            if old is None:
+                raise InvalidOperation(f"Run {self.pk} has no live checkpoint at position {position}.")
+            self._reopen([Status.FAILED, Status.DEAD], "edit and resume", recovery_count=0)
+            Checkpoint.objects.filter(pk=old.pk).update(superseded_at=timezone.now())
+            new = Checkpoint.objects.create(
+                run=self,
+                position=old.position,
+                name=old.name,
+                status=CheckpointStatus.SUCCEEDED,
+                output=output,
+                attempts=old.attempts,
+                epoch=old.epoch,
+                started_at=old.started_at,
+                finished_at=old.finished_at,
+                edited_from=old,
+                meta=old.meta,
+            )
+            details = {
+                "position": position,
+                "before": old.output if old.status == CheckpointStatus.SUCCEEDED else None,
+                "before_error": f"{old.error_type}: {old.error_message}" if old.error_type else "",
+                "after": output,
+            }
+            AuditEntry.record(self, "edit", by, reason=reason, details=details)
+            AuditEntry.record(self, "resume", by, reason=reason, details={"after_edit": position})
+            dispatch.ring_on_commit(self)
+        self.refresh_from_db()
+        return new
+
+
+class Signal(models.Model):
+    """A message for a run; consumed by the first wait_for_signal of that name."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="signals")
+    name = models.CharField(max_length=200)
+    payload = models.JSONField(null=True, blank=True)
+    sent_by = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    consumed_at = models.DateTimeField(null=True, blank=True)
+    consumed_position = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            # wait_for_signal: the oldest unconsumed signal of a name for a run.
+            models.Index(fields=["run", "name", "consumed_at"], name="signal_lookup"),
+        ]
+
+    def __str__(self) -> str:
+        return f"signal {self.name} for run {self.run_id}"
+
+    def consume(self, position: int) -> bool:
+        return (
+            Signal.objects.filter(pk=self.pk, consumed_at__isnull=True).update(
+                consumed_at=timezone.now(), consumed_position=position
+            )
+            == 1
+        )
+
+
+class AuditEntry(models.Model):
+    """Who did what to which run, and why. Written by every operator action."""
+
+    run = models.ForeignKey(
+        Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_entries"
+    )
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    actor_name = models.CharField(max_length=200)
+    action = models.CharField(max_length=50)
+    reason = models.TextField(blank=True)
+    details = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "audit entries"
+        indexes = [
+            # Run page: that run's audit log, newest first.
+            models.Index(fields=["run", "-id"], name="audit_run"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.actor_name} {self.action} run {self.run_id}"
+
+    @classmethod
+    def record(cls, run: Run | None, action: str, by, reason: str = "", details: dict | None = None):
+        user = None if by is None or isinstance(by, str) else by
+        return cls.objects.create(
+            run=run,
+            actor=user,
+            actor_name=actor_label(by),
+            action=action,
+            reason=reason or "",
+            details=details or {},
+        )
+
+
+class WorkerProcess(models.Model):
+    """A process that executes runs. Its heartbeat keeps the leases it holds alive."""
+
+    name = models.CharField(max_length=200, primary_key=True)
+    hostname = models.CharField(max_length=200)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField(default=timezone.now)
+    heartbeat_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            # Sweep: which processes are still alive.
+            models.Index(fields=["heartbeat_at"], name="worker_heartbeat"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def beat(cls, name: str, hostname: str, pid: int) -> None:
+        now = timezone.now()
+        if not cls.objects.filter(name=name).update(heartbeat_at=now):
+            cls.objects.update_or_create(
+                name=name, defaults={"hostname": hostname, "pid": pid, "heartbeat_at": now}
+            )

@@ -1,0 +1,167 @@
+"""The authoring API: declare workflows and steps.
+
+    from runs.workflow import RetryPolicy, current_step, step, workflow
+
+    @step(retry=RetryPolicy(max_attempts=5), timeout=30)
+    def charge(order_id, cents):
+        return payments.charge(order_id, cents, idempotency_key=current_step().idempotency_key)
+
+    @workflow("refund")
+    def refund(ctx, data):
+        receipt = ctx.step(charge, data["order_id"], data["cents"])
+        ...
+
+This module knows nothing of the database; runs.engine executes what it declares.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from steps.retry import DEFAULT_RETRY_POLICY, NonRetryableError, RetryPolicy, StepTimeout
+
+__all__ = [
+    "NonDeterminismError",
+    "NonRetryableError",
+    "RetryPolicy",
+    "StepFailed",
+    "StepInfo",
+    "StepTimeout",
+    "UnknownWorkflow",
+    "current_step",
+    "registry",
+    "step",
+    "workflow",
+]
+
+
+@dataclass(frozen=True)
+class StepDefinition:
+    fn: Callable[..., Any]
+    name: str
+    retry: RetryPolicy = DEFAULT_RETRY_POLICY
+    timeout: float | None = None
+
+
+def step(
+    fn: Callable | None = None,
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+):
+    """Give a function a step name, retry policy and timeout for `ctx.step(fn, ...)`.
+
+    The function itself is unchanged and can still be called directly.
+    """
+
+    def decorate(func: Callable) -> Callable:
+        func.__durable_step__ = StepDefinition(
+            fn=func, name=name or func.__name__, retry=retry or DEFAULT_RETRY_POLICY, timeout=timeout
+        )
+        return func
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def step_definition(fn: Callable) -> StepDefinition:
+    definition = getattr(fn, "__durable_step__", None)
+    if definition is not None:
+        return definition
+    if not callable(fn):
+        raise TypeError(f"ctx.step() needs a function, got {type(fn).__name__}")
+    return StepDefinition(fn=fn, name=getattr(fn, "__qualname__", repr(fn)))
+
+
+@dataclass(frozen=True)
+class WorkflowDefinition:
+    name: str
+    fn: Callable[..., Any]
+    queue: str = ""
+
+
+class UnknownWorkflow(LookupError):
+    pass
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._workflows: dict[str, WorkflowDefinition] = {}
+
+    def register(self, definition: WorkflowDefinition) -> None:
+        existing = self._workflows.get(definition.name)
+        if existing and existing.fn.__qualname__ != definition.fn.__qualname__:
+            raise ValueError(f"workflow name {definition.name!r} is already registered")
+        self._workflows[definition.name] = definition
+
+    def get(self, name: str) -> WorkflowDefinition:
+        try:
+            return self._workflows[name]
+        except KeyError:
+            known = ", ".join(sorted(self._workflows)) or "none registered"
+            raise UnknownWorkflow(f"No workflow named {name!r} (known: {known})") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._workflows)
+
+    def load(self, modules: list[str]) -> None:
+        for module in modules:
+            importlib.import_module(module)
+
+
+registry = Registry()
+
+
+def workflow(name: str | None = None, *, queue: str = ""):
+    """Register a function `fn(ctx, input)` as a workflow that runs can be started of."""
+
+    def decorate(fn: Callable) -> Callable:
+        registry.register(WorkflowDefinition(name=name or fn.__name__, fn=fn, queue=queue))
+        return fn
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a step's code may know about itself while it runs."""
+
+    run_id: int
+    name: str
+    position: int
+    attempt: int
+    # Stable across this step's retries and across crash-resumes of the run; new
+    # only when an operator retries the run from this step or an earlier one.
+    idempotency_key: str
+
+
+_current_step: ContextVar[StepInfo | None] = ContextVar("durable_current_step", default=None)
+
+
+def current_step() -> StepInfo:
+    info = _current_step.get()
+    if info is None:
+        raise RuntimeError("current_step() is only available inside a step run by ctx.step()")
+    return info
+
+
+class StepFailed(Exception):
+    """A step failed for good. Raised on first execution and again on every replay."""
+
+    def __init__(
+        self, step_name: str, position: int, error_type: str, error_message: str, traceback: str = ""
+    ):
+        super().__init__(f"step {step_name!r} at position {position} failed: {error_type}: {error_message}")
+        self.step_name = step_name
+        self.position = position
+        self.error_type = error_type
+        self.error_message = error_message
+        self.traceback = traceback
+
+
+class NonDeterminismError(Exception):
+    """Replay met a different step than the one recorded at that position."""

@@ -1,0 +1,232 @@
+"""Workflows used by the tests, in-process and in real worker subprocesses.
+
+In-process tests count side effects in CALLS; worker subprocesses write them to
+the `test_ledger` table so the test can count them from the database.
+"""
+
+import os
+import time
+from collections import Counter
+
+from django.db import connection
+
+from runs.workflow import NonRetryableError, RetryPolicy, StepFailed, current_step, step, workflow
+
+CALLS: Counter = Counter()
+KEYS: dict[str, list[str]] = {}
+TOGGLES: dict[str, object] = {}
+
+
+class SimulatedCrash(BaseException):
+    """Escapes everything, like the process dying mid-step."""
+
+
+def called(name: str) -> None:
+    CALLS[name] += 1
+    KEYS.setdefault(name, []).append(current_step().idempotency_key)
+
+
+@step
+def add(a, b):
+    called("add")
+    return a + b
+
+
+@step
+def double(x):
+    called("double")
+    return x * 2
+
+
+@step
+def maybe_crash(x):
+    called("maybe_crash")
+    if TOGGLES.pop("crash", False):
+        raise SimulatedCrash("power cut")
+    return x + 1
+
+
+@workflow("arithmetic")
+def arithmetic(ctx, data):
+    total = ctx.step(add, data["a"], data["b"])
+    doubled = ctx.step(double, total)
+    bumped = ctx.step(maybe_crash, doubled)
+    return {"total": total, "doubled": doubled, "bumped": bumped}
+
+
+@step
+def think(turn, budget):
+    called("think")
+    return {"done": turn + 1 >= budget, "tool": "search" if turn % 2 == 0 else "read"}
+
+
+@step
+def search(turn):
+    called("search")
+    return f"result {turn}"
+
+
+@step
+def read(turn):
+    called("read")
+    return f"page {turn}"
+
+
+@workflow("agent_loop")
+def agent_loop(ctx, data):
+    notes, turn = [], 0
+    while True:
+        decision = ctx.step(think, turn, data["budget"])
+        notes.append(ctx.step(search if decision["tool"] == "search" else read, turn))
+        if decision["done"]:
+            return {"turns": turn + 1, "notes": notes}
+        turn += 1
+
+
+class PaymentAPI:
+    """A payment provider that times out a given number of times, then answers.
+
+    It deduplicates by idempotency key, as real providers do.
+    """
+
+    def __init__(self):
+        self.ledger: dict[str, int] = {}
+        self.timeouts_left = 0
+
+    def charge(self, cents: int, key: str) -> dict:
+        if self.timeouts_left > 0:
+            self.timeouts_left -= 1
+            raise TimeoutError("payment provider did not answer in time")
+        if key not in self.ledger:
+            self.ledger[key] = cents
+        return {"charged": self.ledger[key], "key": key}
+
+
+PAYMENTS = PaymentAPI()
+
+
+@step(retry=RetryPolicy(max_attempts=4, initial_interval=2, backoff_coefficient=2, jitter=0))
+def charge(cents):
+    called("charge")
+    return PAYMENTS.charge(cents, current_step().idempotency_key)
+
+
+@step(retry=RetryPolicy(max_attempts=5, non_retryable=(PermissionError,)))
+def refuse(reason):
+    called("refuse")
+    raise PermissionError(reason)
+
+
+@step
+def bad_request():
+    called("bad_request")
+    raise NonRetryableError("card number is malformed")
+
+
+@workflow("payment")
+def payment(ctx, data):
+    receipt = ctx.step(charge, data["cents"])
+    return {"receipt": receipt}
+
+
+@workflow("refusal")
+def refusal(ctx, data):
+    try:
+        ctx.step(refuse, "account locked")
+    except StepFailed as failure:
+        fallback = ctx.step(add, 1, 1)
+        return {"caught": failure.error_type, "fallback": fallback}
+
+
+@workflow("malformed")
+def malformed(ctx, data):
+    ctx.step(bad_request)
+
+
+@step(timeout=0.2, retry=RetryPolicy(max_attempts=2, initial_interval=0, jitter=0))
+def slow():
+    called("slow")
+    time.sleep(2)
+    return "too late"
+
+
+@workflow("timeout")
+def timeout_workflow(ctx, data):
+    return ctx.step(slow)
+
+
+@step
+def not_json():
+    return object()
+
+
+@workflow("non_json")
+def non_json(ctx, data):
+    return ctx.step(not_json)
+
+
+@workflow("branching")
+def branching(ctx, data):
+    first = ctx.step(add, 1, 2)
+    if TOGGLES.get("branch") == "double":
+        return ctx.step(double, first)
+    return ctx.step(maybe_crash, first)
+
+
+@workflow("sleeper")
+def sleeper(ctx, data):
+    before = ctx.step(add, 0, 1)
+    ctx.sleep(data.get("seconds", 7 * 24 * 3600))
+    return ctx.step(add, before, 1)
+
+
+@workflow("approval")
+def approval(ctx, data):
+    plan = ctx.step(add, 40, 2)
+    decision = ctx.wait_for_signal("approve", timeout=data.get("timeout"), default={"approved": False})
+    if not decision.get("approved"):
+        return {"plan": plan, "outcome": "escalated"}
+    return {"plan": plan, "outcome": "done", "by": decision.get("by")}
+
+
+@workflow("counter")
+def counter(ctx, data):
+    values = [ctx.step(add, i, 0) for i in range(data["steps"])]
+    return {"sum": sum(values)}
+
+
+# --- for real worker processes: side effects in a table ---------------------------
+
+
+def ledger_write(run_id: int, step_name: str) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO test_ledger (run_id, step, idempotency_key, pid) VALUES (%s, %s, %s, %s)",
+            [run_id, step_name, current_step().idempotency_key, os.getpid()],
+        )
+
+
+def create_ledger() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TABLE IF NOT EXISTS test_ledger "
+            "(run_id BIGINT, step VARCHAR(100), idempotency_key VARCHAR(100), pid INTEGER)"
+        )
+
+
+@step
+def ledger_step(index: int, pause: float):
+    info = current_step()
+    ledger_write(info.run_id, f"step-{index}")
+    time.sleep(pause)
+    return index
+
+
+@workflow("ledger")
+def ledger(ctx, data):
+    """Writes one ledger row per step; step `slow_index` pauses so a test can kill the worker."""
+    done = []
+    for index in range(data["steps"]):
+        pause = data.get("pause", 0.0) if index == data.get("slow_index") else 0.0
+        done.append(ctx.step(ledger_step, index, pause))
+    return {"done": done}
