@@ -296,7 +296,9 @@ class Run(models.Model):
                     When(cancel_requested=True, then=Value(Status.CANCELLED)),
                     default=Value(Status.WAITING),
                 ),
-                finished_at=Case(When(cancel_requested=True, then=Value(now)), default=None),
+                finished_at=Case(
+                    When(cancel_requested=True, then=Value(now)), default=None, output_field=models.DateTimeField()
+                ),
                 wait_kind=kind,
                 wait_signal=signal,
                 wait_position=position,
@@ -371,10 +373,12 @@ class Run(models.Model):
                 finished_at=Case(
                     When(Q(cancel_requested=True) | Q(recovery_count__gte=limit), then=Value(now)),
                     default=None,
+                    output_field=models.DateTimeField(),
                 ),
                 error_type=Case(
                     When(Q(cancel_requested=False) & Q(recovery_count__gte=limit), then=Value("WorkerLost")),
                     default=F("error_type"),
+                    output_field=models.CharField(),
                 ),
                 error_message=Case(
                     When(
@@ -382,6 +386,7 @@ class Run(models.Model):
                         then=Value(f"worker lost {limit + 1} times; dead-lettered for an operator"),
                     ),
                     default=F("error_message"),
+                    output_field=models.TextField(),
                 ),
                 recovery_count=F("recovery_count") + 1,
                 lease_owner="",
@@ -587,6 +592,52 @@ class Run(models.Model):
             dispatch.ring_on_commit(self)
         self.refresh_from_db()
         return new
+
+    # --- dashboard reading ---
+    # Read-only helpers for the operator dashboard. None of them queries the
+    # database: lists annotate what they need (see runs.views).
+
+    def progress(self) -> int | None:
+        """Percent of steps done, or None when the run's length cannot be estimated.
+
+        Workflows decide their number of steps at run time, so the estimate is the
+        step count of the workflow's latest successful run, which the run list
+        annotates as `typical_steps`.
+        """
+        if self.status == Status.SUCCEEDED:
+            return 100
+        typical = self.__dict__.get("typical_steps")
+        if not typical:
+            return None
+        # An unfinished run is never shown as complete, even past the typical length.
+        return min(self.steps_done * 100 // typical, 99)
+
+    def age(self):
+        return timezone.now() - self.created_at
+
+    @property
+    def can_resume(self) -> bool:
+        return self.status in (Status.FAILED, Status.DEAD)
+
+    @property
+    def can_retry(self) -> bool:
+        return self.status in (Status.FAILED, Status.DEAD, Status.SUCCEEDED, Status.CANCELLED)
+
+    @property
+    def can_cancel(self) -> bool:
+        return self.status in ACTIVE_STATUSES and not self.cancel_requested
+
+    @property
+    def can_signal(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    @property
+    def can_edit(self) -> bool:
+        return self.status in (Status.FAILED, Status.DEAD)
+
+    @property
+    def key_prefix(self) -> str:
+        return self.idempotency_key[:8]
 
 
 class Signal(models.Model):

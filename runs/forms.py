@@ -1,0 +1,187 @@
+"""Forms of the operator dashboard: list filters, operator actions, JSON editors.
+
+Forms only parse and validate. What an action may do to a run is decided by
+the Run model's operator methods, which raise InvalidOperation.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.db.models import Q, QuerySet
+
+from runs.models import ACTIVE_STATUSES, Run, Status
+
+# Runs an action on "all matching this filter" touches per request; the
+# confirmation says so when more match.
+BULK_LIMIT = 1000
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def parse_json(text: str) -> Any:
+    """Parse strict JSON (no NaN or Infinity, which databases refuse), or raise ValidationError."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise ValidationError(f"This is not valid JSON: {exc}.", code="invalid_json") from None
+
+
+class JSONTextField(forms.CharField):
+    """A textarea holding JSON text; cleans to the parsed value (which may be null)."""
+
+    widget = forms.Textarea(attrs={"rows": 8, "spellcheck": "false", "class": "json-input"})
+
+    def __init__(self, *, empty_value: Any = None, **kwargs):
+        self.empty_json = empty_value
+        kwargs.setdefault("strip", True)
+        super().__init__(**kwargs)
+
+    def clean(self, value):
+        text = super().clean(value)
+        if text in (None, ""):
+            return self.empty_json
+        return parse_json(text)
+
+
+def pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+
+
+class ReasonForm(forms.Form):
+    reason = forms.CharField(
+        required=False,
+        max_length=1000,
+        strip=True,
+        widget=forms.TextInput(attrs={"placeholder": "reason (optional, kept in the audit log)"}),
+    )
+
+
+class SignalForm(ReasonForm):
+    name = forms.CharField(max_length=200, strip=True, initial="approve")
+    payload = JSONTextField(
+        required=False,
+        label="Payload (JSON)",
+        help_text="Empty sends null.",
+        widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false", "class": "json-input"}),
+    )
+
+
+class EditOutputForm(ReasonForm):
+    output = JSONTextField(
+        label="New output (JSON)",
+        widget=forms.Textarea(attrs={"rows": 14, "spellcheck": "false", "class": "json-input"}),
+    )
+
+
+class DateTimeLocalInput(forms.DateTimeInput):
+    input_type = "datetime-local"
+
+    def __init__(self, **kwargs):
+        super().__init__(format="%Y-%m-%dT%H:%M", **kwargs)
+
+
+class RunFilterForm(forms.Form):
+    """The run list's filters. Invalid values are reported and ignored."""
+
+    status = forms.ChoiceField(choices=[("", "any status"), *Status.choices], required=False)
+    workflow = forms.CharField(required=False, max_length=200)
+    q = forms.CharField(
+        required=False,
+        max_length=200,
+        label="Search",
+        widget=forms.TextInput(attrs={"placeholder": "run id or input text", "type": "search"}),
+    )
+    started_after = forms.DateTimeField(required=False, label="Started from", widget=DateTimeLocalInput())
+    started_before = forms.DateTimeField(required=False, label="to", widget=DateTimeLocalInput())
+    # Keyset cursors: ids of the last row of the newer page / first row of the older one.
+    before = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
+    after = forms.IntegerField(required=False, min_value=0, widget=forms.HiddenInput)
+
+    FILTER_FIELDS = ("status", "workflow", "q", "started_after", "started_before")
+
+    def values(self) -> dict[str, Any]:
+        self.is_valid()  # fills cleaned_data with the fields that are valid
+        return self.cleaned_data
+
+    def runs(self, *, with_status: bool = True) -> QuerySet[Run]:
+        """The runs these filters select, unordered and without the cursor."""
+        data = self.values()
+        runs = Run.objects.all()
+        if with_status and data.get("status"):
+            runs = runs.filter(status=data["status"])
+        if data.get("workflow"):
+            runs = runs.filter(workflow=data["workflow"])
+        if data.get("started_after"):
+            runs = runs.filter(created_at__gte=data["started_after"])
+        if data.get("started_before"):
+            runs = runs.filter(created_at__lt=data["started_before"])
+        if data.get("q"):
+            runs = runs.filter(search_condition(data["q"]))
+        return runs
+
+    def query_items(self) -> list[tuple[str, str]]:
+        """The active filters as query-string pairs (no cursor), for links and hidden inputs."""
+        items = []
+        for name in self.FILTER_FIELDS:
+            raw = self.data.get(name, "")
+            if raw and name not in self.errors:
+                items.append((name, raw))
+        return items
+
+    @property
+    def is_filtered(self) -> bool:
+        return bool(self.query_items())
+
+
+def search_condition(text: str) -> Q:
+    """A run id (with or without #) matches that run; any text matches inside the input JSON."""
+    text = text.strip()
+    condition = Q(input__icontains=text)
+    digits = text.removeprefix("#")
+    # Bounded so that a long number cannot overflow the id column.
+    if digits.isdigit() and len(digits) <= 18:
+        condition |= Q(pk=int(digits))
+    return condition
+
+
+BULK_ACTIONS = {
+    # action: (statuses it applies to, label)
+    "resume": ((Status.FAILED, Status.DEAD), "resume"),
+    "cancel": (tuple(ACTIVE_STATUSES), "cancel"),
+}
+
+
+class BulkForm(ReasonForm):
+    action = forms.ChoiceField(choices=[(name, name) for name in BULK_ACTIONS])
+    scope = forms.ChoiceField(
+        choices=[("selected", "selected runs"), ("matching", "all runs matching the filter")],
+        initial="selected",
+    )
+    run = forms.TypedMultipleChoiceField(coerce=int, required=False, choices=())
+
+    def __init__(self, data, **kwargs):
+        super().__init__(data, **kwargs)
+        # Any id is a valid choice; unknown ids simply match no run.
+        self.fields["run"].valid_value = lambda value: str(value).isdigit()
+
+    def clean(self):
+        data = super().clean()
+        if data.get("scope") == "selected" and not data.get("run"):
+            raise ValidationError("Select at least one run, or choose all runs matching the filter.")
+        return data
+
+    def target_runs(self, filters: RunFilterForm) -> QuerySet[Run]:
+        """The runs the operator pointed at, before narrowing to those the action applies to."""
+        if self.cleaned_data["scope"] == "matching":
+            return filters.runs()
+        return Run.objects.filter(pk__in=self.cleaned_data["run"])
+
+    def eligible(self, runs: QuerySet[Run]) -> QuerySet[Run]:
+        statuses, _ = BULK_ACTIONS[self.cleaned_data["action"]]
+        return runs.filter(status__in=statuses)

@@ -1,0 +1,137 @@
+"""Operator command line: python manage.py runs <start|list|show|resume|retry|cancel|signal>."""
+
+from __future__ import annotations
+
+import getpass
+import json
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from runs.models import InvalidOperation, Run, Status
+from runs.workflow import UnknownWorkflow
+
+
+def json_argument(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}: {text!r}")
+
+
+class Command(BaseCommand):
+    help = "Start, inspect and operate durable runs."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+        start = sub.add_parser("start", help="start a run of a registered workflow")
+        start.add_argument("workflow")
+        start.add_argument("--input", default="null", help="the run's input as JSON")
+        start.add_argument("--queue", default="")
+
+        listing = sub.add_parser("list", help="list runs, newest first")
+        listing.add_argument("--status", choices=Status.values)
+        listing.add_argument("--workflow")
+        listing.add_argument("--limit", type=int, default=50)
+
+        show = sub.add_parser("show", help="show a run with its steps")
+        show.add_argument("run_id", type=int)
+
+        for name, text in [("resume", "resume a failed or dead-lettered run"), ("cancel", "cancel a run")]:
+            command = sub.add_parser(name, help=text)
+            command.add_argument("run_id", type=int)
+            command.add_argument("--reason", default="")
+
+        retry = sub.add_parser("retry", help="re-execute a run from a step; later checkpoints are superseded")
+        retry.add_argument("run_id", type=int)
+        retry.add_argument("--from-step", type=int, required=True, dest="from_step", metavar="N")
+        retry.add_argument("--reason", default="")
+
+        signal = sub.add_parser("signal", help="send a named signal to a run")
+        signal.add_argument("run_id", type=int)
+        signal.add_argument("name")
+        signal.add_argument("--payload", default="null", help="the signal's payload as JSON")
+        signal.add_argument("--reason", default="")
+
+    def handle(self, *args, action: str, **options) -> None:
+        self.actor = f"cli:{getpass.getuser()}"
+        try:
+            getattr(self, f"do_{action}")(**options)
+        except InvalidOperation as exc:
+            raise CommandError(str(exc))
+
+    def get_run(self, run_id: int) -> Run:
+        try:
+            return Run.objects.get(pk=run_id)
+        except Run.DoesNotExist:
+            raise CommandError(f"No run with id {run_id}.")
+
+    def do_start(self, workflow: str, input: str, queue: str, **_) -> None:
+        data = json_argument(input)
+        try:
+            run = Run.objects.start(workflow, data, queue=queue, by=self.actor)
+        except UnknownWorkflow as exc:
+            raise CommandError(str(exc))
+        except ValueError as exc:
+            raise CommandError(str(exc))
+        self.stdout.write(f"started run {run.pk} of {run.workflow}")
+
+    def do_list(self, status: str | None, workflow: str | None, limit: int, **_) -> None:
+        if limit < 1:
+            raise CommandError("--limit must be at least 1")
+        runs = Run.objects.all()
+        if status:
+            runs = runs.filter(status=status)
+        if workflow:
+            runs = runs.filter(workflow=workflow)
+        rows = list(runs.only("pk", "workflow", "status", "steps_done", "current_step", "created_at")[:limit])
+        if not rows:
+            self.stdout.write("no runs")
+            return
+        self.stdout.write(f"{'ID':>8}  {'STATUS':<10} {'STEPS':>5}  {'WORKFLOW':<24} CREATED")
+        for run in rows:
+            self.stdout.write(
+                f"{run.pk:>8}  {run.status:<10} {run.steps_done:>5}  {run.workflow:<24} "
+                f"{run.created_at:%Y-%m-%d %H:%M:%S}"
+            )
+
+    def do_show(self, run_id: int, **_) -> None:
+        run = self.get_run(run_id)
+        self.stdout.write(f"run {run.pk}  {run.workflow}  {run.get_status_display()}")
+        self.stdout.write(f"  input:      {json.dumps(run.input)}")
+        if run.output is not None:
+            self.stdout.write(f"  output:     {json.dumps(run.output)}")
+        if run.error_type:
+            self.stdout.write(f"  error:      {run.error_type}: {run.error_message}")
+        if run.wait_kind:
+            self.stdout.write(f"  waiting:    {run.wait_kind} {run.wait_signal} until {run.wake_at or 'signalled'}")
+        self.stdout.write(f"  recoveries: {run.recovery_count}   epoch: {run.epoch}")
+        self.stdout.write("  steps:")
+        for checkpoint in run.checkpoints.order_by("position", "id"):
+            mark = " (superseded)" if checkpoint.superseded_at else ""
+            result = (
+                json.dumps(checkpoint.output)
+                if checkpoint.status == "succeeded"
+                else f"{checkpoint.error_type}: {checkpoint.error_message}"
+            )
+            self.stdout.write(
+                f"    {checkpoint.position:>4}  {checkpoint.name:<24} {checkpoint.status:<9} "
+                f"attempts={checkpoint.attempts}{mark}  {result[:200]}"
+            )
+
+    def do_resume(self, run_id: int, reason: str, **_) -> None:
+        self.get_run(run_id).resume(by=self.actor, reason=reason)
+        self.stdout.write(f"resumed run {run_id}")
+
+    def do_retry(self, run_id: int, from_step: int, reason: str, **_) -> None:
+        self.get_run(run_id).retry_from(from_step, by=self.actor, reason=reason)
+        self.stdout.write(f"retrying run {run_id} from step {from_step}")
+
+    def do_cancel(self, run_id: int, reason: str, **_) -> None:
+        outcome = self.get_run(run_id).cancel(by=self.actor, reason=reason)
+        self.stdout.write(f"run {run_id}: {outcome}")
+
+    def do_signal(self, run_id: int, name: str, payload: str, reason: str, **_) -> None:
+        data = json_argument(payload)
+        self.get_run(run_id).send_signal(name, data, by=self.actor, reason=reason)
+        self.stdout.write(f"sent signal {name!r} to run {run_id}")
