@@ -14,6 +14,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db import Error as DatabaseFailure
 from django.utils import timezone
 
 from runs import heartbeat
@@ -129,7 +130,7 @@ class RunContext:
             return default if recorded.output.get("timed_out") else recorded.output.get("payload")
 
         started = timezone.now()
-        outcome, payload = self._run.take_signal(self._token, name, position, started_at=started)
+        outcome, payload = self._db(self._run.take_signal, self._token, name, position, started_at=started)
         if outcome == "taken":
             return payload
         if outcome != "none":
@@ -173,7 +174,7 @@ class RunContext:
     def _execute(self, definition: StepDefinition, position: int, args: tuple, kwargs: dict) -> Any:
         attempt = 1
         if position == self._first_fresh:
-            attempt += self._run.failed_attempts_at(position)
+            attempt += self._db(self._run.failed_attempts_at, position)
         started = timezone.now()
         info = StepInfo(
             run_id=self.run_id,
@@ -217,8 +218,9 @@ class RunContext:
                 error["error_type"],
                 retry_at,
             )
-            self._stop(self._run.record_failed_attempt(self._token, record, retry_at) + "/retry")
-        outcome = self._run.record_final_failure(
+            self._stop(self._db(self._run.record_failed_attempt, self._token, record, retry_at) + "/retry")
+        outcome = self._db(
+            self._run.record_final_failure,
             self._token,
             record,
             position=position,
@@ -237,7 +239,8 @@ class RunContext:
         ) from exc
 
     def _checkpoint(self, position: int, name: str, *, output: Any, started_at, attempts: int = 1) -> None:
-        outcome = self._run.record_checkpoint(
+        outcome = self._db(
+            self._run.record_checkpoint,
             self._token,
             position=position,
             name=name,
@@ -252,8 +255,24 @@ class RunContext:
             self._stop(outcome)
 
     def _suspend(self, kind: str, position: int, *, wake_at=None, signal: str = ""):
-        outcome = self._run.suspend(self._token, kind, position=position, wake_at=wake_at, signal=signal)
+        outcome = self._db(
+            self._run.suspend, self._token, kind, position=position, wake_at=wake_at, signal=signal
+        )
         self._stop(f"{outcome}/{kind}" if outcome == "ok" else outcome)
+
+    def _db(self, method, *args, **kwargs):
+        """Call a model write; a database failure stops the run here, it does not fail it.
+
+        The run stays leased to this process, which gives it back for recovery once
+        the database answers again (see runs.heartbeat.release_abandoned).
+        """
+        try:
+            return method(*args, **kwargs)
+        except DatabaseFailure:
+            log.warning(
+                "run %s: database error while recording; leaving it for recovery", self.run_id, exc_info=True
+            )
+            self._stop("database-error")
 
     def _stop(self, outcome: str):
         self.stopped = _Stop(outcome)
@@ -263,9 +282,14 @@ class RunContext:
 def execute_run(run_id: int, token: str | None = None) -> str:
     """Advance one run as far as it will go. Returns what happened, for logs and tests."""
     token = token or uuid.uuid4().hex
-    if not Run.objects.claim(run_id, heartbeat.process_name(), token):
-        return "skipped"  # already claimed, finished, or cancelled: a duplicate doorbell
-    run = Run.objects.get(pk=run_id)
+    owner = heartbeat.process_name()
+    with heartbeat.executing(token):
+        if not Run.objects.claim(run_id, owner, token):
+            return "skipped"  # already claimed, finished, or cancelled: a duplicate doorbell
+        return _advance(Run.objects.get(pk=run_id), token)
+
+
+def _advance(run: Run, token: str) -> str:
     try:
         definition = registry.get(run.workflow)
     except UnknownWorkflow as exc:

@@ -297,7 +297,9 @@ class Run(models.Model):
                     default=Value(Status.WAITING),
                 ),
                 finished_at=Case(
-                    When(cancel_requested=True, then=Value(now)), default=None, output_field=models.DateTimeField()
+                    When(cancel_requested=True, then=Value(now)),
+                    default=None,
+                    output_field=models.DateTimeField(),
                 ),
                 wait_kind=kind,
                 wait_signal=signal,

@@ -70,14 +70,17 @@ class Cluster:
             name,
             [
                 "worker",
-                "-Q", self.queue,
-                "-n", f"{name}-{self.queue}@%h",
+                "-Q",
+                self.queue,
+                "-n",
+                f"{name}-{self.queue}@%h",
                 f"--pool={pool}",
                 f"--concurrency={concurrency}",
                 "--without-mingle",
                 "--without-gossip",
                 "--without-heartbeat",
-                "-l", "info",
+                "-l",
+                "info",
             ],
         )
 
@@ -104,7 +107,9 @@ class Cluster:
         )
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str, cluster: Cluster | None = None) -> float:
+def wait_for(
+    condition: Callable[[], bool], timeout: float, what: str, cluster: Cluster | None = None
+) -> float:
     """Poll until condition() holds; return how long it took."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:

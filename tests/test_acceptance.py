@@ -43,11 +43,7 @@ def status_of(run):
 
 def assert_one_live_checkpoint_per_position(run):
     doubled = (
-        Checkpoint.objects.live()
-        .filter(run=run)
-        .values("position")
-        .annotate(n=Count("id"))
-        .filter(n__gt=1)
+        Checkpoint.objects.live().filter(run=run).values("position").annotate(n=Count("id")).filter(n__gt=1)
     )
     assert list(doubled) == []
 

@@ -39,7 +39,9 @@ def test_it_starts_lists_and_shows_a_run(doorbells):
 def test_it_resumes_retries_cancels_and_signals(doorbells):
     run = Run.objects.start("approval", {})
     doorbells.drain()
-    assert "sent signal 'approve'" in runs("signal", str(run.pk), "approve", "--payload", '{"approved": true}')
+    assert "sent signal 'approve'" in runs(
+        "signal", str(run.pk), "approve", "--payload", '{"approved": true}'
+    )
     doorbells.drain()
     assert Run.objects.get(pk=run.pk).status == Status.SUCCEEDED
 
@@ -78,7 +80,7 @@ def test_it_rejects_bad_arguments_with_a_clear_message(args, message):
 def test_it_refuses_a_wrong_state_action(doorbells):
     run = Run.objects.start("arithmetic", {"a": 1, "b": 1})
     doorbells.drain()
-    with pytest.raises(CommandError, match="Cannot resume run .* it is succeeded"):
+    with pytest.raises(CommandError, match=r"Cannot resume run .* it is succeeded"):
         runs("resume", str(run.pk))
 
 

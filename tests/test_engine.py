@@ -73,10 +73,20 @@ def test_it_commits_no_checkpoint_when_the_run_has_moved_to_another_worker(doorb
     run.refresh_from_db()
     # Another worker took the run over (its lease token differs): our write must not land.
     Run.objects.filter(pk=run.pk).update(lease_token="token-2")
-    assert run.record_checkpoint(
-        "token-1", position=0, name="add", status="succeeded", output=3, attempts=1, epoch=0,
-        started_at=timezone.now(), finished_at=timezone.now(),
-    ) == "lost"
+    assert (
+        run.record_checkpoint(
+            "token-1",
+            position=0,
+            name="add",
+            status="succeeded",
+            output=3,
+            attempts=1,
+            epoch=0,
+            started_at=timezone.now(),
+            finished_at=timezone.now(),
+        )
+        == "lost"
+    )
     assert Checkpoint.objects.filter(run=run).count() == 0
     assert Run.objects.get(pk=run.pk).steps_done == 0
 
@@ -87,8 +97,13 @@ def test_it_rejects_a_second_live_checkpoint_at_a_position(doorbells):
     first = Checkpoint.objects.get(run=run, position=0)
     with pytest.raises(IntegrityError), transaction.atomic():
         Checkpoint.objects.create(
-            run=run, position=0, name="add", status="succeeded", output=99,
-            started_at=first.started_at, finished_at=first.finished_at,
+            run=run,
+            position=0,
+            name="add",
+            status="succeeded",
+            output=99,
+            started_at=first.started_at,
+            finished_at=first.finished_at,
         )
 
 
@@ -142,8 +157,13 @@ def test_it_fails_the_run_when_replay_meets_a_different_step(doorbells):
     # The code changed while the run was in flight: it now calls a different step.
     workflows.TOGGLES["branch"] = "double"
     Checkpoint.objects.create(
-        run=run, position=1, name="maybe_crash", status="succeeded", output=4,
-        started_at=timezone.now(), finished_at=timezone.now(),
+        run=run,
+        position=1,
+        name="maybe_crash",
+        status="succeeded",
+        output=4,
+        started_at=timezone.now(),
+        finished_at=timezone.now(),
     )
     Run.objects.filter(pk=run.pk).update(steps_done=2)
     assert crash_then_recover(run, doorbells) == ["failed"]
@@ -424,3 +444,61 @@ def test_it_gives_up_waiting_at_the_deadline(doorbells):
         assert doorbells.drain() == ["succeeded"]
     run.refresh_from_db()
     assert run.output == {"plan": 42, "outcome": "escalated"}
+
+
+# --- infrastructure failures ----------------------------------------------------------------
+
+
+def test_it_leaves_a_run_for_recovery_when_the_database_fails_mid_commit(doorbells, monkeypatch):
+    from django.db import OperationalError
+
+    from runs import heartbeat
+
+    real = Run.record_checkpoint
+    failures = {"left": 1}
+
+    def flaky(self, *args, **kwargs):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OperationalError("server closed the connection unexpectedly")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "record_checkpoint", flaky)
+    run = Run.objects.start("arithmetic", {"a": 1, "b": 1})
+    assert doorbells.drain() == ["database-error"]
+    run.refresh_from_db()
+    # Not failed: the database hiccup is not the workflow's fault.
+    assert run.status == Status.RUNNING
+
+    # The process is alive (fresh heartbeat), so the sweep leaves the run alone; the
+    # heartbeat thread notices the process no longer executes it and gives it back.
+    assert sweep().recovered == 0
+    assert heartbeat.release_abandoned(run.lease_owner) == 1
+    assert doorbells.drain() == ["succeeded"]
+    run.refresh_from_db()
+    assert run.output == {"total": 2, "doubled": 4, "bumped": 5}
+    assert workflows.CALLS["add"] == 2  # the unrecorded step ran again, with the same key
+    assert workflows.KEYS["add"][0] == workflows.KEYS["add"][1]
+
+
+def test_it_does_not_release_runs_the_process_is_still_executing():
+    from runs import heartbeat
+
+    run = Run.objects.create(workflow="arithmetic", input={"a": 1, "b": 1})
+    name = heartbeat.process_name()
+    with heartbeat.executing("live-token"):
+        assert Run.objects.claim(run.pk, name, "live-token")
+        assert heartbeat.release_abandoned(name) == 0
+    assert Run.objects.get(pk=run.pk).status == Status.RUNNING
+    assert heartbeat.release_abandoned(name) == 1
+    assert Run.objects.get(pk=run.pk).status == Status.PENDING
+
+
+def test_it_runs_sqlite_in_wal_mode():
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        pytest.skip("WAL is a SQLite setting")
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode")
+        assert cursor.fetchone()[0] == "wal"

@@ -56,7 +56,7 @@ def test_it_refuses_to_resume_a_succeeded_run(doorbells, operator):
     run = Run.objects.start("arithmetic", {"a": 1, "b": 1})
     doorbells.drain()
     run.refresh_from_db()
-    with pytest.raises(InvalidOperation, match="Cannot resume run .* it is succeeded"):
+    with pytest.raises(InvalidOperation, match=r"Cannot resume run .* it is succeeded"):
         run.resume(by=operator)
     assert Run.objects.get(pk=run.pk).status == Status.SUCCEEDED
     assert not AuditEntry.objects.filter(run=run, action="resume").exists()
@@ -94,8 +94,15 @@ def test_it_refuses_a_retry_from_a_position_the_run_does_not_have(doorbells, ope
 
 def test_it_refuses_to_retry_a_running_run(operator):
     run = Run.objects.create(workflow="counter", input={"steps": 3}, steps_done=1)
-    Checkpoint.objects.create(run=run, position=0, name="add", status="succeeded", output=0,
-                              started_at=run.created_at, finished_at=run.created_at)
+    Checkpoint.objects.create(
+        run=run,
+        position=0,
+        name="add",
+        status="succeeded",
+        output=0,
+        started_at=run.created_at,
+        finished_at=run.created_at,
+    )
     Run.objects.claim(run.pk, "w", "t")
     with pytest.raises(InvalidOperation, match="it is running"):
         run.retry_from(0, by=operator)

@@ -40,9 +40,16 @@ def test_it_refuses_to_start_with_a_malformed_setting(env, message):
 def test_it_starts_on_the_embedded_default_with_nothing_set():
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
     result = subprocess.run(
-        [sys.executable, "-c", "import django; django.setup(); from django.conf import settings as s; "
-         "print(s.DATABASES['default']['ENGINE'], s.CELERY_BROKER_URL, "
-         "s.DATABASES['default']['OPTIONS']['transaction_mode'])"],
-        capture_output=True, text=True, env={**env, "DJANGO_SETTINGS_MODULE": "config.settings"}, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); from django.conf import settings as s; "
+            "print(s.DATABASES['default']['ENGINE'], s.CELERY_BROKER_URL, "
+            "s.DATABASES['default']['OPTIONS']['transaction_mode'])",
+        ],
+        capture_output=True,
+        text=True,
+        env={**env, "DJANGO_SETTINGS_MODULE": "config.settings"},
+        timeout=60,
     )
     assert result.stdout.split() == ["django.db.backends.sqlite3", "filesystem://", "IMMEDIATE"]

@@ -216,7 +216,9 @@ def create_ledger() -> None:
 
 def ledger_count(run_id: int, step_name: str) -> int:
     with connection.cursor() as cursor:
-        cursor.execute("SELECT COUNT(*) FROM test_ledger WHERE run_id = %s AND step = %s", [run_id, step_name])
+        cursor.execute(
+            "SELECT COUNT(*) FROM test_ledger WHERE run_id = %s AND step = %s", [run_id, step_name]
+        )
         return cursor.fetchone()[0]
 
 

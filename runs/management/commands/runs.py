@@ -104,7 +104,9 @@ class Command(BaseCommand):
         if run.error_type:
             self.stdout.write(f"  error:      {run.error_type}: {run.error_message}")
         if run.wait_kind:
-            self.stdout.write(f"  waiting:    {run.wait_kind} {run.wait_signal} until {run.wake_at or 'signalled'}")
+            self.stdout.write(
+                f"  waiting:    {run.wait_kind} {run.wait_signal} until {run.wake_at or 'signalled'}"
+            )
         self.stdout.write(f"  recoveries: {run.recovery_count}   epoch: {run.epoch}")
         self.stdout.write("  steps:")
         for checkpoint in run.checkpoints.order_by("position", "id"):
