@@ -167,7 +167,13 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"runs": {"handlers": ["console"], "level": os.environ.get("DURABLE_LOG_LEVEL", "INFO")}},
+    "loggers": {
+        "runs": {"handlers": ["console"], "level": os.environ.get("DURABLE_LOG_LEVEL", "INFO")},
+        # One line per task (and per sweep, twice a second) drowns what matters.
+        "celery.app.trace": {"level": "WARNING"},
+        "celery.worker.strategy": {"level": "WARNING"},
+        "celery.beat": {"level": "WARNING"},
+    },
 }
 
 # --- Celery -------------------------------------------------------------------

@@ -194,7 +194,14 @@ class RunContext:
             self._failed(definition, position, attempt, started, exc)
         finally:
             _current_step.reset(reset)
-        self._checkpoint(position, definition.name, output=value, started_at=started, attempts=attempt)
+        self._checkpoint(
+            position,
+            definition.name,
+            output=value,
+            started_at=started,
+            attempts=attempt,
+            meta=info.meta or None,
+        )
         return value
 
     def _failed(self, definition: StepDefinition, position: int, attempt: int, started, exc: Exception):
@@ -238,7 +245,16 @@ class RunContext:
             definition.name, position, error["error_type"], error["error_message"], error["error_traceback"]
         ) from exc
 
-    def _checkpoint(self, position: int, name: str, *, output: Any, started_at, attempts: int = 1) -> None:
+    def _checkpoint(
+        self,
+        position: int,
+        name: str,
+        *,
+        output: Any,
+        started_at,
+        attempts: int = 1,
+        meta: dict | None = None,
+    ) -> None:
         outcome = self._db(
             self._run.record_checkpoint,
             self._token,
@@ -250,6 +266,7 @@ class RunContext:
             epoch=self._run.epoch,
             started_at=started_at,
             finished_at=timezone.now(),
+            meta=meta,
         )
         if outcome != "ok":
             self._stop(outcome)

@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -24,6 +24,7 @@ from steps.models import Attempt, Checkpoint, CheckpointStatus
 
 
 class Status(models.TextChoices):
+    QUEUED = "queued", "queued"  # held back by its workflow's concurrency limit; not dispatched yet
     PENDING = "pending", "pending"  # a doorbell is out; waiting for a worker to claim it
     RUNNING = "running", "running"  # a worker holds the lease and is executing steps
     WAITING = "waiting", "waiting"  # released: sleeping, backing off to retry, or awaiting a signal
@@ -34,10 +35,11 @@ class Status(models.TextChoices):
 
 
 FINAL_STATUSES = frozenset({Status.SUCCEEDED, Status.FAILED, Status.DEAD, Status.CANCELLED})
-ACTIVE_STATUSES = frozenset({Status.PENDING, Status.RUNNING, Status.WAITING})
+ACTIVE_STATUSES = frozenset({Status.QUEUED, Status.PENDING, Status.RUNNING, Status.WAITING})
 
 # Which status may follow which. Every update below asserts its move is listed.
 TRANSITIONS: dict[str, frozenset[str]] = {
+    Status.QUEUED: frozenset({Status.PENDING, Status.CANCELLED}),  # admitted when a slot frees
     Status.PENDING: frozenset({Status.RUNNING, Status.CANCELLED}),
     Status.RUNNING: frozenset(
         {
@@ -88,22 +90,51 @@ def actor_label(by) -> str:
 
 
 class RunQuerySet(models.QuerySet):
-    def start(self, workflow: str, input: Any = None, *, queue: str = "", by=None) -> Run:
+    def start(self, workflow: str, input: Any = None, **options) -> Run:
         """Create a pending run of a registered workflow and ring its doorbell."""
+        return self.start_or_get(workflow, input, **options)[0]
+
+    def start_or_get(
+        self,
+        workflow: str,
+        input: Any = None,
+        *,
+        queue: str = "",
+        by=None,
+        dedupe_key: str | None = None,
+        parent: Run | None = None,
+        parent_position: int | None = None,
+        priority: int = 0,
+    ) -> tuple[Run, bool]:
+        """Start a run, or return the run that already holds `dedupe_key` (created=False)."""
         from runs.workflow import registry
 
         definition = registry.get(workflow)
         data = ensure_json(input, "run input")
-        with transaction.atomic():
-            run = self.create(
-                workflow=definition.name,
-                input=data,
-                queue=queue or definition.queue or settings.CELERY_TASK_DEFAULT_QUEUE,
-                dispatched_at=timezone.now(),
-            )
-            AuditEntry.record(run, "start", by, details={"workflow": definition.name})
-            dispatch.ring_on_commit(run)
-        return run
+        if dedupe_key:
+            existing = self.filter(dedupe_key=dedupe_key).first()
+            if existing is not None:
+                return existing, False
+        try:
+            with transaction.atomic():
+                run = self.create(
+                    workflow=definition.name,
+                    input=data,
+                    queue=queue or definition.queue or settings.CELERY_TASK_DEFAULT_QUEUE,
+                    code_version=definition.version,
+                    dedupe_key=dedupe_key or None,
+                    parent=parent,
+                    parent_position=parent_position,
+                    priority=priority,
+                    dispatched_at=timezone.now(),
+                )
+                AuditEntry.record(run, "start", by, details={"workflow": definition.name})
+                dispatch.ring_on_commit(run)
+        except IntegrityError:
+            if not dedupe_key:
+                raise
+            return self.get(dedupe_key=dedupe_key), False  # a concurrent start won the key
+        return run, True
 
     def claim(self, run_id: int, owner: str, token: str) -> bool:
         """Take the lease on a pending run. A duplicate doorbell finds nothing to claim."""
@@ -185,6 +216,18 @@ class Run(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(default=timezone.now)
+
+    # The workflow's code version at start: the author's version string or a source hash.
+    code_version = models.CharField(max_length=64, blank=True)
+    # A client's idempotency key for starting: the same key returns the same run.
+    dedupe_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    # Set on child runs started by another run's step.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+    )
+    parent_position = models.PositiveIntegerField(null=True, blank=True)
+    # Higher first when a concurrency limit holds runs back.
+    priority = models.SmallIntegerField(default=0)
 
     objects = RunQuerySet.as_manager()
 

@@ -16,10 +16,13 @@ This module knows nothing of the database; runs.engine executes what it declares
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from steps.retry import DEFAULT_RETRY_POLICY, NonRetryableError, RetryPolicy, StepTimeout
@@ -82,6 +85,18 @@ class WorkflowDefinition:
     name: str
     fn: Callable[..., Any]
     queue: str = ""
+    declared_version: str = ""
+
+    @cached_property
+    def version(self) -> str:
+        """The author's version string, else a hash of the function's source."""
+        if self.declared_version:
+            return self.declared_version
+        try:
+            source = inspect.getsource(self.fn)
+        except (OSError, TypeError):
+            source = self.fn.__code__.co_code.hex()
+        return "src-" + hashlib.sha256(source.encode()).hexdigest()[:12]
 
 
 class UnknownWorkflow(LookupError):
@@ -116,11 +131,16 @@ class Registry:
 registry = Registry()
 
 
-def workflow(name: str | None = None, *, queue: str = ""):
-    """Register a function `fn(ctx, input)` as a workflow that runs can be started of."""
+def workflow(name: str | None = None, *, queue: str = "", version: str = ""):
+    """Register a function `fn(ctx, input)` as a workflow that runs can be started of.
+
+    `version` names the code's version; without it, a hash of the source is used.
+    """
 
     def decorate(fn: Callable) -> Callable:
-        registry.register(WorkflowDefinition(name=name or fn.__name__, fn=fn, queue=queue))
+        registry.register(
+            WorkflowDefinition(name=name or fn.__name__, fn=fn, queue=queue, declared_version=version)
+        )
         return fn
 
     return decorate
@@ -137,6 +157,8 @@ class StepInfo:
     # Stable across this step's retries and across crash-resumes of the run; new
     # only when an operator retries the run from this step or an earlier one.
     idempotency_key: str
+    # Facts about the call (tokens, cost, model, ...) saved on the step's checkpoint.
+    meta: dict = field(default_factory=dict)
 
 
 _current_step: ContextVar[StepInfo | None] = ContextVar("durable_current_step", default=None)

@@ -255,3 +255,14 @@ def operator_cancels():
 def cancelled_midway(ctx, data):
     ctx.step(operator_cancels)
     return ctx.step(add, 1, 1)
+
+
+@step
+def metered(prompt: str):
+    current_step().meta.update(model="fake-1", input_tokens=len(prompt.split()), output_tokens=3)
+    return "fine, thanks"
+
+
+@workflow("metered", version="2026-11-27.1")
+def metered_workflow(ctx, data):
+    return ctx.step(metered, data["prompt"])

@@ -1,0 +1,42 @@
+"""Starting runs: validation, deduplication, code versions, checkpoint facts."""
+
+import pytest
+
+from runs.models import AuditEntry, Run, Status
+from runs.workflow import UnknownWorkflow, registry
+from tests import workflows  # noqa: F401
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_it_refuses_an_unknown_workflow():
+    with pytest.raises(UnknownWorkflow, match="No workflow named 'nope'"):
+        Run.objects.start("nope", {})
+    assert Run.objects.count() == 0
+
+
+def test_it_returns_the_same_run_for_the_same_client_key(doorbells):
+    first, created = Run.objects.start_or_get("arithmetic", {"a": 1, "b": 2}, dedupe_key="order-17")
+    assert created
+    again, created_again = Run.objects.start_or_get("arithmetic", {"a": 1, "b": 2}, dedupe_key="order-17")
+    assert (again.pk, created_again) == (first.pk, False)
+    assert doorbells.rung == [first.pk]
+    assert AuditEntry.objects.filter(action="start").count() == 1
+    other = Run.objects.start("arithmetic", {"a": 1, "b": 2})
+    assert other.pk != first.pk and other.dedupe_key is None
+
+
+def test_it_records_the_workflow_code_version():
+    run = Run.objects.start("metered", {"prompt": "how are you"})
+    assert run.code_version == "2026-11-27.1"
+    hashed = Run.objects.start("arithmetic", {"a": 1, "b": 2})
+    assert hashed.code_version == registry.get("arithmetic").version
+    assert hashed.code_version.startswith("src-")
+
+
+def test_it_saves_what_a_step_reports_about_itself_on_its_checkpoint(doorbells):
+    run = Run.objects.start("metered", {"prompt": "how are you"})
+    assert doorbells.drain() == ["succeeded"]
+    checkpoint = run.live_checkpoints().get()
+    assert checkpoint.meta == {"model": "fake-1", "input_tokens": 3, "output_tokens": 3}
+    assert Run.objects.get(pk=run.pk).status == Status.SUCCEEDED
