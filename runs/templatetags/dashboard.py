@@ -64,6 +64,15 @@ def ago(moment: datetime | None) -> str:
     return f"{duration(delta)} ago"
 
 
+@register.simple_tag
+def phrase(text: str, *args) -> str:
+    """str.format for templates: {% phrase "Retry from step {}?" step.position as question %}.
+
+    The result is plain text; the template escapes it where it is shown.
+    """
+    return text.format(*args)
+
+
 # --- JSON ------------------------------------------------------------------------------
 
 
@@ -110,17 +119,18 @@ def truncate_chars(value: str, limit: int = 160) -> str:
 @dataclass
 class Bar:
     x: float
+    y: float
     width: float
-    kind: str  # css class: a checkpoint status, "attempt", or "waiting"
+    height: float
+    kind: str  # "succeeded", "failed" (checkpoints) or "attempt" (a failed attempt)
     superseded: bool
     title: str
 
 
 @dataclass
 class Lane:
-    y: float
-    height: float
     label: str
+    text_y: float
     bars: list[Bar] = field(default_factory=list)
 
 
@@ -128,25 +138,72 @@ class Lane:
 class Timeline:
     width: int
     height: float
-    label_width: int
     lanes: list[Lane]
-    ticks: list[tuple[float, str]]
+    ticks: list[dict[str, Any]]
     show_labels: bool
     now_x: float | None
 
 
 LABEL_WIDTH = 190
 CHART_WIDTH = 1000
-AXIS_HEIGHT = 18
-MAX_HEIGHT = 520
+AXIS_HEIGHT = 16
+# Lanes get up to 18 units each; a long run's lanes share this much height.
+MAX_LANES_HEIGHT = 540
 
 
-def _bar_title(position: int, name: str, what: str, seconds: float) -> str:
-    return f"#{position} {name} · {what} · {duration(seconds)}"
+class _Scale:
+    def __init__(self, start: datetime, end: datetime):
+        self.start = start
+        self.seconds = max((end - start).total_seconds(), 0.001)
+        self.per_second = (CHART_WIDTH - LABEL_WIDTH - 10) / self.seconds
+
+    def x(self, moment: datetime) -> float:
+        return round(LABEL_WIDTH + (moment - self.start).total_seconds() * self.per_second, 2)
+
+    def width(self, begin: datetime, finish: datetime) -> float:
+        return round(max((finish - begin).total_seconds() * self.per_second, 1.5), 2)
+
+
+def _lane(step, index: int, row: float, scale: _Scale) -> Lane:
+    top = AXIS_HEIGHT + index * row
+    gap = row * 0.15 if row >= 4 else 0
+    lane = Lane(label=f"{step.position} {step.name}"[:30], text_y=round(top + row * 0.75, 2))
+
+    def bar(begin, finish, kind, superseded, what) -> Bar:
+        seconds = (finish - begin).total_seconds()
+        title = f"#{step.position} {step.name} · {what} · {duration(seconds)}"
+        height = row - 2 * gap
+        return Bar(
+            scale.x(begin),
+            round(top + gap, 2),
+            scale.width(begin, finish),
+            round(height, 2),
+            kind,
+            superseded,
+            title,
+        )
+
+    for attempt in step.attempts:
+        what = f"attempt {attempt.number} failed: {attempt.error_type}"
+        lane.bars.append(
+            bar(attempt.started_at, attempt.finished_at, "attempt", bool(attempt.superseded_at), what)
+        )
+    for checkpoint in step.all_checkpoints:
+        what = checkpoint.status + (" (superseded)" if checkpoint.superseded_at else "")
+        lane.bars.append(
+            bar(
+                checkpoint.started_at,
+                checkpoint.finished_at,
+                checkpoint.status,
+                bool(checkpoint.superseded_at),
+                what,
+            )
+        )
+    return lane
 
 
 def build_timeline(run, steps, now: datetime | None = None) -> Timeline | None:
-    """Lay out one lane per step position: failed attempts, superseded and live checkpoints."""
+    """One lane per step position holding its failed attempts and its checkpoints, on one time axis."""
     now = now or timezone.now()
     spans = [(c.started_at, c.finished_at) for s in steps for c in s.all_checkpoints]
     spans += [(a.started_at, a.finished_at) for s in steps for a in s.attempts]
@@ -156,46 +213,20 @@ def build_timeline(run, steps, now: datetime | None = None) -> Timeline | None:
     end = max(finish for _, finish in spans)
     if run.is_active:
         end = max(end, now)
-    total = max((end - start).total_seconds(), 0.001)
-    scale = (CHART_WIDTH - LABEL_WIDTH - 10) / total
-
-    def place(begin, finish) -> tuple[float, float]:
-        x = LABEL_WIDTH + (begin - start).total_seconds() * scale
-        return x, max((finish - begin).total_seconds() * scale, 1.5)
-
-    row = min(18.0, max(MAX_HEIGHT / max(len(steps), 1), 0.5))
-    lanes = []
-    for index, step in enumerate(steps):
-        lane = Lane(y=AXIS_HEIGHT + index * row, height=row, label=f"{step.position} {step.name}"[:30])
-        for attempt in step.attempts:
-            x, width = place(attempt.started_at, attempt.finished_at)
-            what = f"attempt {attempt.number} failed: {attempt.error_type}"
-            seconds = (attempt.finished_at - attempt.started_at).total_seconds()
-            lane.bars.append(
-                Bar(x, width, "attempt", attempt.superseded_at is not None, _bar_title(
-                    step.position, step.name, what, seconds
-                ))
-            )
-        for checkpoint in step.all_checkpoints:
-            x, width = place(checkpoint.started_at, checkpoint.finished_at)
-            what = checkpoint.status + (" (superseded)" if checkpoint.superseded_at else "")
-            seconds = checkpoint.duration.total_seconds()
-            lane.bars.append(
-                Bar(x, width, checkpoint.status, checkpoint.superseded_at is not None, _bar_title(
-                    step.position, step.name, what, seconds
-                ))
-            )
-        lanes.append(lane)
-    ticks = [(LABEL_WIDTH + f * (CHART_WIDTH - LABEL_WIDTH - 10), duration(total * f)) for f in (0, 0.25, 0.5, 0.75, 1)]
-    now_x = LABEL_WIDTH + (now - start).total_seconds() * scale if run.is_active else None
+    scale = _Scale(start, end)
+    row = min(18.0, MAX_LANES_HEIGHT / len(steps))
+    span = CHART_WIDTH - LABEL_WIDTH - 10
+    ticks = [
+        {"x": round(LABEL_WIDTH + f * span, 2), "label": duration(scale.seconds * f), "anchor": anchor}
+        for f, anchor in ((0, "start"), (0.25, "middle"), (0.5, "middle"), (0.75, "middle"), (1, "end"))
+    ]
     return Timeline(
         width=CHART_WIDTH,
-        height=AXIS_HEIGHT + len(steps) * row + 2,
-        label_width=LABEL_WIDTH,
-        lanes=lanes,
+        height=round(AXIS_HEIGHT + len(steps) * row + 2, 2),
+        lanes=[_lane(step, index, row, scale) for index, step in enumerate(steps)],
         ticks=ticks,
         show_labels=row >= 10,
-        now_x=now_x,
+        now_x=scale.x(now) if run.is_active else None,
     )
 
 
@@ -241,9 +272,9 @@ def build_hourly_chart(hours: list[dict], height: int = 110, width: int = 720) -
             size = count / peak * (plot - 4)
             top -= size
             label = hour["hour"].strftime("%H:00")
-            segments.append(Segment(top, size, status, f"{label} UTC: {count} {status}"))
+            segments.append(Segment(round(top, 2), round(size, 2), status, f"{label} UTC: {count} {status}"))
         label = hour["hour"].strftime("%H") if index % 3 == 0 else ""
-        columns.append(Column(index * slot + 1, slot - 2, label, segments))
+        columns.append(Column(round(index * slot + 1, 2), round(slot - 2, 2), label, segments))
     return {"columns": columns, "height": height, "width": width, "peak": peak, "plot": plot}
 
 

@@ -1,0 +1,686 @@
+"""The operator dashboard: the run list, the run page, and the operator actions.
+
+Views read and render. Every change to a run goes through one of Run's operator
+methods, which enforce the state machine and write the audit entry; a request
+the run's state does not allow comes back as InvalidOperation and is shown to
+the operator as a message.
+
+One template serves a page and its fragments: htmx requests that target a
+fragment get `template.html#fragment`, everything else gets the whole page, so
+every page also works without JavaScript.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, QuerySet
+from django.db.models.functions import TruncHour
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseLocation, HttpResponseStopPolling, reswap, retarget
+from django_htmx.middleware import HtmxDetails
+
+from runs.forms import (
+    BULK_ACTIONS,
+    BULK_LIMIT,
+    BulkForm,
+    EditOutputForm,
+    ReasonForm,
+    RunFilterForm,
+    SignalForm,
+    pretty,
+)
+from runs.models import AuditEntry, InvalidOperation, Run, Status, WaitKind, WorkerProcess
+from runs.workflow import registry
+from steps.models import Attempt, Checkpoint, CheckpointStatus
+
+PAGE_SIZE = 50
+# The live-rows fragment refreshes at most this many rows per poll.
+LIVE_ROWS_LIMIT = 200
+# Audit entries shown on a run page, newest first.
+AUDIT_SHOWN = 200
+# Step durations for the overview come from at most this many recent checkpoints.
+STEP_SAMPLE = 20_000
+# Runs whose step count serves as their workflow's typical length (progress bars).
+TYPICAL_SAMPLE = 500
+# Total characters of step output shown inline on a run page; each step gets a
+# share between 2 KB and 20 KB, the rest is one click away.
+INLINE_OUTPUT_BUDGET = 600_000
+# Statuses in the order operators scan them; any status added later goes last.
+_SCAN_ORDER = ("running", "waiting", "pending", "queued", "failed", "dead", "succeeded", "cancelled")
+STATUS_ORDER = sorted(
+    Status.values, key=lambda s: _SCAN_ORDER.index(s) if s in _SCAN_ORDER else len(_SCAN_ORDER)
+)
+# Shown in the status counts even at zero; other statuses only when present.
+ALWAYS_COUNTED = ("running", "waiting", "pending", "failed", "dead", "succeeded", "cancelled")
+# Run columns a list row never shows; they can be large.
+LIST_DEFERRED = ("output", "error_traceback")
+
+
+class AuthenticatedHttpRequest(HttpRequest):
+    user: User
+    htmx: HtmxDetails
+
+
+# --- access ----------------------------------------------------------------------
+
+
+def can_view(user) -> bool:
+    return user.has_perm("runs.view_run") or user.has_perm("runs.operate")
+
+
+def check_viewer(user) -> None:
+    if not can_view(user):
+        raise PermissionDenied
+
+
+def check_operator(user) -> None:
+    if not user.has_perm("runs.operate"):
+        raise PermissionDenied
+
+
+def get_run(request: AuthenticatedHttpRequest, run_id: int, *, operate: bool = False) -> Run:
+    # Permission first, so that users without access cannot probe which runs exist.
+    check_operator(request.user) if operate else check_viewer(request.user)
+    return get_object_or_404(Run, pk=run_id)
+
+
+def wants_fragment(request: AuthenticatedHttpRequest, target: str) -> bool:
+    return request.htmx.target == target and not request.htmx.history_restore_request
+
+
+def see_other(url: str) -> HttpResponse:
+    response = redirect(url)
+    response.status_code = 303
+    return response
+
+
+# --- run list ------------------------------------------------------------------------
+
+
+@dataclass
+class RunPage:
+    runs: list[Run]
+    newer: int | None = None  # cursor for the page of newer runs, if there is one
+    older: int | None = None  # cursor for the page of older runs, if there is one
+
+    @property
+    def active_ids(self) -> list[int]:
+        return [run.pk for run in self.runs if run.is_active]
+
+
+def keyset_page(runs: QuerySet[Run], before: int | None, after: int | None) -> RunPage:
+    """One page of runs, newest first, found by id rather than by OFFSET."""
+    runs = runs.defer(*LIST_DEFERRED)
+    if after is not None:
+        rows = list(runs.filter(pk__gt=after).order_by("pk")[: PAGE_SIZE + 1])
+        if len(rows) > PAGE_SIZE:
+            rows = rows[:PAGE_SIZE][::-1]
+            return RunPage(rows, newer=rows[0].pk, older=rows[-1].pk)
+        before = None  # less than a page of newer runs: show the newest page
+    window = runs if before is None else runs.filter(pk__lt=before)
+    rows = list(window.order_by("-pk")[: PAGE_SIZE + 1])
+    page = RunPage(rows[:PAGE_SIZE])
+    if len(rows) > PAGE_SIZE:
+        page.older = page.runs[-1].pk
+    if before is not None and page.runs and runs.filter(pk__gt=page.runs[0].pk).exists():
+        page.newer = page.runs[0].pk
+    elif before is not None and not page.runs:
+        page.newer = 0  # past the end: offer the way back
+    return page
+
+
+def annotate_typical_steps(runs: list[Run]) -> None:
+    """Give each run its workflow's typical step count, for Run.progress()."""
+    if not any(run.is_active or run.status != Status.SUCCEEDED for run in runs):
+        return
+    recent = (
+        Run.objects.filter(status=Status.SUCCEEDED)
+        .order_by("-pk")
+        .values_list("workflow", "steps_done")[:TYPICAL_SAMPLE]
+    )
+    typical: dict[str, int] = {}
+    for workflow, steps in recent:
+        typical.setdefault(workflow, steps)
+    for run in runs:
+        run.typical_steps = typical.get(run.workflow)
+
+
+def status_counts(runs: QuerySet[Run], filters: RunFilterForm) -> list[dict[str, Any]]:
+    found = dict(runs.order_by().values_list("status").annotate(n=Count("pk")))
+    others = [(name, value) for name, value in filters.query_items() if name != "status"]
+    selected = filters.values().get("status") or ""
+    counts = [
+        {
+            "status": status,
+            "label": Status(status).label,
+            "count": found.get(status, 0),
+            "query": urlencode([*others, ("status", status)]),
+            "selected": selected == status,
+        }
+        for status in STATUS_ORDER
+        if status in ALWAYS_COUNTED or found.get(status) or selected == status
+    ]
+    total = {"status": "", "label": "all", "count": sum(found.values()), "query": urlencode(others)}
+    return [{**total, "selected": not selected}, *counts]
+
+
+def list_context(filters: RunFilterForm) -> dict[str, Any]:
+    values = filters.values()
+    page = keyset_page(filters.runs(), values.get("before"), values.get("after"))
+    annotate_typical_steps(page.runs)
+    query = filters.query_items()
+    return {
+        "filters": filters,
+        "page": page,
+        "counts": status_counts(filters.runs(with_status=False), filters),
+        "filter_items": query,
+        "newer_query": urlencode([*query, ("after", page.newer)]) if page.newer else "",
+        "older_query": urlencode([*query, ("before", page.older)]) if page.older else "",
+        "newest_query": urlencode(query),
+        "workflows": registry.names(),
+        "selected": set(),
+        "bulk_limit": BULK_LIMIT,
+    }
+
+
+@require_GET
+@login_required
+def run_list(request: AuthenticatedHttpRequest) -> HttpResponse:
+    check_viewer(request.user)
+    context = list_context(RunFilterForm(request.GET))
+    if wants_fragment(request, "results"):
+        return render(request, "runs/list.html#results", context)
+    context["overview"] = overview()
+    return render(request, "runs/list.html", context)
+
+
+def parse_ids(values: list[str]) -> list[int]:
+    ids = []
+    for value in values:
+        ids += [int(part) for part in value.split(",") if part.strip().isdigit() and len(part) <= 18]
+    return ids
+
+
+@require_GET
+@login_required
+def run_rows(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """Fresh rows for the active runs on a list page; 286 stops the polling once none is active."""
+    check_viewer(request.user)
+    ids = parse_ids(request.GET.getlist("ids"))[:LIVE_ROWS_LIMIT]
+    runs = list(Run.objects.filter(pk__in=ids).defer(*LIST_DEFERRED).order_by("-pk"))
+    annotate_typical_steps(runs)
+    page = RunPage(runs)
+    context = {"page": page, "selected": set(parse_ids(request.GET.getlist("run")))}
+    html = render_to_string("runs/list.html#live-rows", context, request=request)
+    if not page.active_ids:
+        return HttpResponseStopPolling(html)
+    return HttpResponse(html)
+
+
+# --- overview --------------------------------------------------------------------------
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    return ordered[max(math.ceil(fraction * len(ordered)) - 1, 0)]
+
+
+def step_durations(since: datetime) -> tuple[list[dict[str, Any]], bool]:
+    """p50/p95 duration by step name over the most recent checkpoints since `since`."""
+    rows = (
+        Checkpoint.objects.filter(finished_at__gte=since)
+        .order_by("-finished_at")
+        .values_list("name", "started_at", "finished_at")[:STEP_SAMPLE]
+    )
+    by_name: dict[str, list[float]] = defaultdict(list)
+    count = 0
+    for name, started, finished in rows:
+        by_name[name].append((finished - started).total_seconds())
+        count += 1
+    stats = []
+    for name, seconds in by_name.items():
+        seconds.sort()
+        stats.append(
+            {
+                "name": name,
+                "count": len(seconds),
+                "p50": percentile(seconds, 0.5),
+                "p95": percentile(seconds, 0.95),
+            }
+        )
+    stats.sort(key=lambda row: (-row["count"], row["name"]))
+    return stats[:12], count >= STEP_SAMPLE
+
+
+def hourly_outcomes(first_hour: datetime) -> list[dict[str, Any]]:
+    rows = (
+        Run.objects.filter(created_at__gte=first_hour)
+        .annotate(hour=TruncHour("created_at"))
+        .values_list("hour", "status")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    hours = [{"hour": first_hour + timedelta(hours=index)} for index in range(24)]
+    for hour, status, count in rows:
+        index = int((hour - first_hour).total_seconds() // 3600)
+        if 0 <= index < 24:
+            hours[index][status] = hours[index].get(status, 0) + count
+    return hours
+
+
+def overview(now: datetime | None = None) -> dict[str, Any]:
+    """Numbers for the last 24 hours (the current hour and the 23 before it)."""
+    now = now or timezone.now()
+    first_hour = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=23)
+    hours = hourly_outcomes(first_hour)
+    totals: dict[str, int] = defaultdict(int)
+    for hour in hours:
+        for status in Status.values:
+            totals[status] += hour.get(status, 0)
+    failed = totals[Status.FAILED] + totals[Status.DEAD]
+    finished = failed + totals[Status.SUCCEEDED]
+    steps, sampled = step_durations(first_hour)
+    return {
+        "since": first_hour,
+        "hours": hours,
+        "started": sum(totals.values()),
+        "failed": failed,
+        "failure_rate": failed / finished if finished else None,
+        "recoveries": AuditEntry.objects.filter(action="recover", created_at__gte=first_hour).count(),
+        "steps": steps,
+        "steps_sampled": sampled,
+        "step_sample": STEP_SAMPLE,
+    }
+
+
+# --- run page --------------------------------------------------------------------------
+
+
+@dataclass
+class StepRow:
+    """Everything recorded at one position of a run."""
+
+    position: int
+    name: str
+    checkpoint: Checkpoint | None = None  # the live checkpoint, if the step has one
+    superseded: list[Checkpoint] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def all_checkpoints(self) -> list[Checkpoint]:
+        return [*self.superseded, *([self.checkpoint] if self.checkpoint else [])]
+
+    @property
+    def status(self) -> str:
+        if self.checkpoint:
+            return self.checkpoint.status
+        if any(attempt.superseded_at is None for attempt in self.attempts):
+            return "retrying"
+        return "superseded"
+
+    @property
+    def live_attempts(self) -> int:
+        return sum(1 for attempt in self.attempts if attempt.superseded_at is None)
+
+
+def step_rows(checkpoints: list[Checkpoint], attempts: list[Attempt]) -> list[StepRow]:
+    rows: dict[int, StepRow] = {}
+    for checkpoint in checkpoints:
+        row = rows.setdefault(checkpoint.position, StepRow(checkpoint.position, checkpoint.name))
+        if checkpoint.superseded_at is None:
+            row.checkpoint = checkpoint
+            row.name = checkpoint.name
+        else:
+            row.superseded.append(checkpoint)
+    for attempt in attempts:
+        rows.setdefault(attempt.position, StepRow(attempt.position, attempt.name)).attempts.append(attempt)
+    return [rows[position] for position in sorted(rows)]
+
+
+def version(run: Run) -> str:
+    """Changes whenever the run does: every write to a run sets updated_at."""
+    return f"{run.updated_at.timestamp():.6f}"
+
+
+def worker_state(run: Run) -> dict[str, Any] | None:
+    if not run.lease_owner:
+        return None
+    process = WorkerProcess.objects.filter(name=run.lease_owner).first()
+    return {"name": run.lease_owner, "heartbeat_at": process.heartbeat_at if process else None}
+
+
+def signal_form_for(run: Run, data=None) -> SignalForm:
+    return SignalForm(data, initial={"name": run.wait_signal or "approve", "payload": "{}"})
+
+
+def detail_context(request: AuthenticatedHttpRequest, run: Run, **extra) -> dict[str, Any]:
+    checkpoints = list(run.checkpoints.order_by("position", "id"))
+    attempts = list(run.attempts.order_by("position", "number", "id"))
+    steps = step_rows(checkpoints, attempts)
+    waiting_for_signal = run.status == Status.WAITING and run.wait_kind == WaitKind.SIGNAL
+    context = {
+        "run": run,
+        "steps": steps,
+        "live_steps": sum(1 for step in steps if step.checkpoint),
+        "output_cap": max(2_000, min(20_000, INLINE_OUTPUT_BUDGET // max(len(steps), 1))),
+        "audit": list(run.audit_entries.order_by("-id")[:AUDIT_SHOWN]),
+        "signals": list(run.signals.order_by("-id")[:20]),
+        "worker": worker_state(run),
+        "version": version(run),
+        "signal_form": signal_form_for(run),
+        "waiting_for_signal": waiting_for_signal,
+        "approve_payload": json.dumps({"approved": True, "by": request.user.get_username()}),
+    }
+    context.update(extra)
+    return context
+
+
+@require_GET
+@login_required
+def run_detail(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
+    run = get_run(request, run_id)
+    context = detail_context(request, run)
+    if wants_fragment(request, "run-live"):
+        return render(request, "runs/detail.html#run-live", context)
+    return render(request, "runs/detail.html", context)
+
+
+@require_GET
+@login_required
+def run_live(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
+    """The run page's live section: 204 while nothing changed, 286 once the run is final."""
+    run = get_run(request, run_id)
+    if run.is_active and request.GET.get("v") == version(run):
+        return HttpResponse(status=204)
+    html = render_to_string("runs/detail.html#run-live", detail_context(request, run), request=request)
+    if run.is_final:
+        return HttpResponseStopPolling(html)
+    return HttpResponse(html)
+
+
+@require_GET
+@login_required
+def run_value(request: AuthenticatedHttpRequest, run_id: int, part: str) -> HttpResponse:
+    """A run's whole input or output, uncut."""
+    run = get_run(request, run_id)
+    if part not in ("input", "output"):
+        raise Http404
+    return render(request, "runs/value.html", {"run": run, "part": part, "value": getattr(run, part)})
+
+
+@require_GET
+@login_required
+def checkpoint_detail(request: AuthenticatedHttpRequest, run_id: int, checkpoint_id: int) -> HttpResponse:
+    """One checkpoint with its whole output, and the form that replaces it."""
+    run = get_run(request, run_id)
+    checkpoint = get_object_or_404(Checkpoint, pk=checkpoint_id, run=run)
+    context = checkpoint_context(request, run, checkpoint)
+    if wants_fragment(request, f"edit-slot-{checkpoint.pk}"):
+        return render(request, "runs/checkpoint.html#edit-form", {**context, "inline": True})
+    return render(request, "runs/checkpoint.html", context)
+
+
+def checkpoint_context(request, run: Run, checkpoint: Checkpoint, form: EditOutputForm | None = None):
+    old = pretty(checkpoint.output) if checkpoint.status == CheckpointStatus.SUCCEEDED else ""
+    attempts = Attempt.objects.filter(run=run, position=checkpoint.position).order_by("number", "id")
+    return {
+        "run": run,
+        "checkpoint": checkpoint,
+        "attempts": list(attempts),
+        "form": form or EditOutputForm(initial={"output": old}),
+        "editable": run.can_edit and checkpoint.is_live and request.user.has_perm("runs.operate"),
+    }
+
+
+# --- operator actions ---------------------------------------------------------------
+
+
+def after_action(request: AuthenticatedHttpRequest, run: Run, status: int = 200) -> HttpResponse:
+    """htmx gets the run page's live section in place; a plain form post is sent back to the page."""
+    if request.htmx:
+        return render(request, "runs/detail.html#run-live", detail_context(request, run), status=status)
+    return see_other(reverse("run_detail", args=[run.pk]))
+
+
+def confirm_page(request: AuthenticatedHttpRequest, run: Run | None, question: str, **extra) -> HttpResponse:
+    """The no-JavaScript confirmation: the same POST again, with confirmed=yes."""
+    context = {
+        "run": run,
+        "question": question,
+        "action": request.path,
+        "hidden": hidden_fields(request),
+        "reason": request.POST.get("reason", ""),
+        **extra,
+    }
+    return render(request, "runs/confirm.html", context)
+
+
+def invalid_reason(request: AuthenticatedHttpRequest, run: Run, form) -> HttpResponse:
+    for errors in form.errors.values():
+        messages.error(request, " ".join(errors))
+    return after_action(request, run, status=422)
+
+
+def perform(
+    request: AuthenticatedHttpRequest,
+    run: Run,
+    form,
+    question: str,
+    operation: Callable[[dict[str, Any]], str | None],
+    on_invalid: Callable[[Any], HttpResponse] | None = None,
+) -> HttpResponse:
+    """Validate, confirm, then call the model's operation; wrong states become messages."""
+    if not form.is_valid():
+        return (on_invalid or (lambda f: invalid_reason(request, run, f)))(form)
+    if request.POST.get("confirmed") != "yes":
+        return confirm_page(request, run, question)
+    try:
+        done = operation(form.cleaned_data)
+    except InvalidOperation as exc:
+        messages.error(request, str(exc))
+        return after_action(request, run, status=409)
+    messages.success(request, done)
+    return after_action(request, run)
+
+
+@require_POST
+@login_required
+def run_resume(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
+    run = get_run(request, run_id, operate=True)
+
+    def resume(data) -> str:
+        run.resume(by=request.user, reason=data["reason"])
+        return f"Run {run.pk} resumed."
+
+    return perform(request, run, ReasonForm(request.POST), f"Resume run {run.pk} ({run.workflow})?", resume)
+
+
+@require_POST
+@login_required
+def run_cancel(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
+    run = get_run(request, run_id, operate=True)
+
+    def cancel(data) -> str:
+        outcome = run.cancel(by=request.user, reason=data["reason"])
+        if outcome == "cancelled":
+            return f"Run {run.pk} cancelled."
+        return f"Cancel requested: run {run.pk} stops before its next step."
+
+    return perform(request, run, ReasonForm(request.POST), f"Cancel run {run.pk} ({run.workflow})?", cancel)
+
+
+@require_POST
+@login_required
+def run_retry(request: AuthenticatedHttpRequest, run_id: int, position: int) -> HttpResponse:
+    run = get_run(request, run_id, operate=True)
+
+    def retry(data) -> str:
+        run.retry_from(position, by=request.user, reason=data["reason"])
+        return f"Run {run.pk} is retrying from step {position}; later steps were superseded."
+
+    question = (
+        f"Retry run {run.pk} from step {position}? Step {position} and every step after it "
+        "are superseded (kept, marked) and executed again with new idempotency keys."
+    )
+    return perform(request, run, ReasonForm(request.POST), question, retry)
+
+
+@require_POST
+@login_required
+def run_signal(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
+    run = get_run(request, run_id, operate=True)
+    form = signal_form_for(run, request.POST)
+
+    def send(data) -> str:
+        run.send_signal(data["name"], data["payload"], by=request.user, reason=data["reason"])
+        return f"Signal {data['name']!r} sent to run {run.pk}."
+
+    def invalid(form) -> HttpResponse:
+        context = detail_context(request, run, signal_form=form, signal_open=True)
+        if request.htmx:
+            response = render(request, "runs/detail.html#signal-form", context, status=422)
+            return reswap(retarget(response, "#signal-form"), "outerHTML")
+        return render(request, "runs/detail.html", context, status=422)
+
+    name = request.POST.get("name", "")
+    return perform(request, run, form, f"Send signal {name!r} to run {run.pk}?", send, invalid)
+
+
+@require_POST
+@login_required
+def checkpoint_edit(request: AuthenticatedHttpRequest, run_id: int, position: int) -> HttpResponse:
+    run = get_run(request, run_id, operate=True)
+    checkpoint = run.checkpoints.live().filter(position=position).first()
+    if checkpoint is None:
+        messages.error(request, f"Run {run.pk} has no live checkpoint at position {position}.")
+        return after_action(request, run, status=409)
+    form = EditOutputForm(request.POST)
+
+    def edit(data) -> str:
+        run.edit_checkpoint(position, data["output"], by=request.user, reason=data["reason"])
+        return f"Step {position} output replaced (the old one is kept, superseded); run {run.pk} resumed."
+
+    def invalid(form) -> HttpResponse:
+        context = {**checkpoint_context(request, run, checkpoint, form), "inline": bool(request.htmx)}
+        if request.htmx:
+            response = render(request, "runs/checkpoint.html#edit-form", context, status=422)
+            return reswap(retarget(response, f"#edit-form-{checkpoint.pk}"), "outerHTML")
+        return render(request, "runs/checkpoint.html", context, status=422)
+
+    question = f"Replace the output of step {position} ({checkpoint.name}) of run {run.pk} and resume it?"
+    return perform(request, run, form, question, edit, invalid)
+
+
+# --- bulk actions ----------------------------------------------------------------------
+
+
+def capped_count(runs: QuerySet[Run], cap: int) -> int:
+    return runs.order_by().values("pk")[: cap + 1].count()
+
+
+def back_to_list(request: AuthenticatedHttpRequest, url: str) -> HttpResponse:
+    if request.htmx:
+        return HttpResponseLocation(url, target="#results", swap="outerHTML")
+    return see_other(url)
+
+
+@require_POST
+@login_required
+def run_bulk(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """Resume or cancel many runs: first a count and a confirmation, then the work."""
+    check_operator(request.user)
+    form = BulkForm(request.POST)
+    filters = RunFilterForm(request.POST)
+    back = reverse("run_list") + ("?" + urlencode(filters.query_items()) if filters.is_filtered else "")
+    if not form.is_valid():
+        for errors in form.errors.values():
+            messages.error(request, " ".join(errors))
+        return back_to_list(request, back)
+    targets = form.target_runs(filters)
+    if request.POST.get("confirmed") != "yes":
+        return bulk_confirmation(request, form, targets, back)
+    done, refused = bulk_apply(request, form, form.eligible(targets))
+    verb = BULK_ACTIONS[form.cleaned_data["action"]][1]
+    if done:
+        messages.success(request, f"{verb.capitalize()}: {done} run{'s' if done != 1 else ''}.")
+    if refused:
+        messages.warning(request, f"{len(refused)} run(s) changed state meanwhile and were skipped.")
+    if not done and not refused:
+        messages.info(request, f"No run to {verb}.")
+    return back_to_list(request, back)
+
+
+def bulk_confirmation(request, form: BulkForm, targets: QuerySet[Run], back: str) -> HttpResponse:
+    action = form.cleaned_data["action"]
+    statuses, verb = BULK_ACTIONS[action]
+    chosen = capped_count(targets, BULK_LIMIT * 100)
+    eligible = capped_count(form.eligible(targets), BULK_LIMIT)
+    extra = {
+        "bulk": True,
+        "verb": verb,
+        "chosen": chosen,
+        "chosen_capped": chosen > BULK_LIMIT * 100,
+        "eligible": min(eligible, BULK_LIMIT),
+        "over_limit": eligible > BULK_LIMIT,
+        "skipped": max(chosen - eligible, 0),
+        "statuses": ", ".join(Status(status).label for status in statuses),
+        "back": back,
+        "scope": form.cleaned_data["scope"],
+    }
+    question = f"{verb.capitalize()} {extra['eligible']} run{'s' if extra['eligible'] != 1 else ''}?"
+    if wants_fragment(request, "bulk-panel"):
+        return render(
+            request,
+            "runs/confirm.html#confirm-form",
+            {
+                **extra,
+                "question": question,
+                "action": request.path,
+                "hidden": hidden_fields(request),
+                "inline": True,
+            },
+        )
+    return confirm_page(request, None, question, **extra)
+
+
+def hidden_fields(request) -> list[tuple[str, str]]:
+    """The posted fields to carry through a confirmation, except those it asks again."""
+    return [
+        (name, value)
+        for name, values in request.POST.lists()
+        if name not in ("csrfmiddlewaretoken", "confirmed", "reason")
+        for value in values
+    ]
+
+
+def bulk_apply(request, form: BulkForm, eligible: QuerySet[Run]) -> tuple[int, list[str]]:
+    action = form.cleaned_data["action"]
+    reason = form.cleaned_data["reason"]
+    done, refused = 0, []
+    for run in eligible.defer(*LIST_DEFERRED).order_by("pk")[:BULK_LIMIT]:
+        try:
+            if action == "resume":
+                run.resume(by=request.user, reason=reason)
+            else:
+                run.cancel(by=request.user, reason=reason)
+            done += 1
+        except InvalidOperation as exc:
+            refused.append(str(exc))
+    return done, refused
