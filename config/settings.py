@@ -79,10 +79,13 @@ def database_from_env() -> dict:
             "timeout": 30,
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
-        config["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+        # A file, not memory, so real worker processes in the tests can share it; one
+        # per test process, so two test sessions on one machine never collide.
+        config["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
     elif engine == "django.db.backends.postgresql":
         config["CONN_MAX_AGE"] = envint("DATABASE_CONN_MAX_AGE", 60)
         config["CONN_HEALTH_CHECKS"] = True
+        config["TEST"] = {"NAME": f"test_{config['NAME']}_{os.getpid()}"}
     else:
         raise ImproperlyConfigured(
             f"DATABASE_URL={url!r}: only sqlite:// and postgres:// databases are supported"
@@ -108,8 +111,13 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "template_partials",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
     "runs",
     "steps",
+    "agents",
+    "api",
 ]
 
 MIDDLEWARE = [
@@ -218,8 +226,42 @@ DURABLE_SWEEP_INTERVAL = envfloat("DURABLE_SWEEP_INTERVAL", 0.5, minimum=0.05)
 DURABLE_REDISPATCH_AFTER = envfloat("DURABLE_REDISPATCH_AFTER", 15.0, minimum=0.1)
 # After this many crash recoveries a run is dead-lettered for an operator.
 DURABLE_MAX_RECOVERIES = envint("DURABLE_MAX_RECOVERIES", 5, minimum=1)
+def envlimits(name: str, parse) -> dict:
+    """KEY=VALUE pairs, comma-separated, e.g. DURABLE_CONCURRENCY="research=2,refund=5"."""
+    limits = {}
+    for item in envlist(name, []):
+        key, sep, value = item.rpartition("=")
+        try:
+            if not sep or not key.strip():
+                raise ValueError
+            limits[key.strip()] = parse(value.strip())
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}: {item!r} is not KEY=VALUE in the documented form") from None
+    return limits
+
+
+def parse_concurrency(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError
+    return number
+
+
+def parse_rate(value: str) -> tuple[int, float]:
+    calls, _, seconds = value.partition("/")
+    calls_n, seconds_f = int(calls), float(seconds or "1")
+    if calls_n < 1 or seconds_f <= 0:
+        raise ValueError
+    return calls_n, seconds_f
+
+
+# Per-workflow concurrency limits, overriding @workflow(concurrency=N): "name=N,...".
+DURABLE_CONCURRENCY = envlimits("DURABLE_CONCURRENCY", parse_concurrency)
+# Shared rate limits, overriding RateLimit(...) in code: "key=CALLS/SECONDS,...",
+# e.g. "openai:gpt-4o=5/1,anthropic=50/60".
+DURABLE_RATE_LIMITS = envlimits("DURABLE_RATE_LIMITS", parse_rate)
 # Modules whose import registers workflows (comma-separated).
-DURABLE_WORKFLOW_MODULES = envlist("DURABLE_WORKFLOW_MODULES", [])
+DURABLE_WORKFLOW_MODULES = envlist("DURABLE_WORKFLOW_MODULES", ["agents.demos"])
 
 CELERY_BEAT_SCHEDULE = {
     "durable-sweep": {
@@ -231,3 +273,172 @@ CELERY_BEAT_SCHEDULE = {
 }
 # Tests that drive the engine in-process turn the heartbeat thread off.
 DURABLE_HEARTBEAT_THREAD = envbool("DURABLE_HEARTBEAT_THREAD", True)
+
+
+# --- Agents (issue 4) -----------------------------------------------------------
+# LLM provider for agent steps: "fake" (offline, deterministic), "openai",
+# "anthropic", or "auto" (OpenAI if its key is set, else Anthropic, else fake).
+AGENTS_LLM_PROVIDER = os.environ.get("AGENTS_LLM_PROVIDER", "auto").strip().lower() or "auto"
+if AGENTS_LLM_PROVIDER not in ("auto", "fake", "openai", "anthropic"):
+    raise ImproperlyConfigured(
+        f"AGENTS_LLM_PROVIDER={AGENTS_LLM_PROVIDER!r}: use auto, fake, openai or anthropic"
+    )
+OPENAI_API_KEY = os.environ.get("OPENAI_API_KEY", "")
+ANTHROPIC_API_KEY = os.environ.get("ANTHROPIC_API_KEY", "")
+if AGENTS_LLM_PROVIDER == "openai" and not OPENAI_API_KEY:
+    raise ImproperlyConfigured("AGENTS_LLM_PROVIDER=openai needs OPENAI_API_KEY")
+if AGENTS_LLM_PROVIDER == "anthropic" and not ANTHROPIC_API_KEY:
+    raise ImproperlyConfigured("AGENTS_LLM_PROVIDER=anthropic needs ANTHROPIC_API_KEY")
+# Default model per provider, when a workflow names none.
+AGENTS_FAKE_MODEL = os.environ.get("AGENTS_FAKE_MODEL", "fake-1")
+AGENTS_OPENAI_MODEL = os.environ.get("AGENTS_OPENAI_MODEL", "gpt-4o-mini")
+AGENTS_ANTHROPIC_MODEL = os.environ.get("AGENTS_ANTHROPIC_MODEL", "claude-3-5-haiku-latest")
+# Seconds one model request may take; the step's hard timeout is a little longer.
+AGENTS_LLM_TIMEOUT = envfloat("AGENTS_LLM_TIMEOUT", 60.0, minimum=0.1)
+# Attempts per model call (rate limits, timeouts, malformed output); auth errors get one.
+AGENTS_LLM_MAX_ATTEMPTS = envint("AGENTS_LLM_MAX_ATTEMPTS", 5, minimum=1)
+AGENTS_LLM_MAX_TOKENS = envint("AGENTS_LLM_MAX_TOKENS", 1024, minimum=1)
+
+# Estimated cost: US dollars per million input and output tokens, per model.
+# AGENTS_PRICES_JSON='{"my-model": {"input": 1.0, "output": 2.0}}' adds or overrides entries.
+AGENTS_PRICES = {
+    "fake-1": {"input": 0.50, "output": 1.50},  # pretend prices, so offline demos show costs
+    "gpt-4o-mini": {"input": 0.15, "output": 0.60},
+    "gpt-4o": {"input": 2.50, "output": 10.00},
+    "gpt-4.1": {"input": 2.00, "output": 8.00},
+    "gpt-4.1-mini": {"input": 0.40, "output": 1.60},
+    "gpt-4.1-nano": {"input": 0.10, "output": 0.40},
+    "claude-3-5-haiku-latest": {"input": 0.80, "output": 4.00},
+    "claude-3-5-sonnet-latest": {"input": 3.00, "output": 15.00},
+    "claude-sonnet-4-0": {"input": 3.00, "output": 15.00},
+    "claude-opus-4-0": {"input": 15.00, "output": 75.00},
+}
+
+
+def _prices_from_env(name: str) -> dict:
+    import json
+
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return {}
+    try:
+        table = json.loads(value)
+        if not isinstance(table, dict):
+            raise ValueError("not an object")
+        return {
+            str(model): {"input": float(price["input"]), "output": float(price["output"])}
+            for model, price in table.items()
+        }
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ImproperlyConfigured(
+            f'{name} must be a JSON object like {{"model": {{"input": 1.0, "output": 2.0}}}}: {exc}'
+        ) from None
+
+
+AGENTS_PRICES.update(_prices_from_env("AGENTS_PRICES_JSON"))
+
+# The offline fake model: seconds each reply takes, and the share of calls that fail
+# (deterministically per call and attempt) with one of the modes listed.
+AGENTS_FAKE_LATENCY = envfloat("AGENTS_FAKE_LATENCY", 0.0)
+AGENTS_FAKE_FAILURE_RATE = envfloat("AGENTS_FAKE_FAILURE_RATE", 0.0)
+AGENTS_FAKE_FAILURE_MODES = envlist("AGENTS_FAKE_FAILURE_MODES", ["timeout", "rate_limit", "malformed"])
+if AGENTS_FAKE_FAILURE_RATE > 1:
+    raise ImproperlyConfigured("AGENTS_FAKE_FAILURE_RATE is a fraction between 0 and 1")
+if set(AGENTS_FAKE_FAILURE_MODES) - {"timeout", "rate_limit", "malformed"}:
+    raise ImproperlyConfigured("AGENTS_FAKE_FAILURE_MODES: use timeout, rate_limit and/or malformed")
+
+# Fault injection for the demo agents' simulated payment API: the share of requests
+# that time out (half of them after the payment went through), and how many requests
+# per idempotency key time out (after paying) before one is answered.
+AGENTS_PAYMENT_FAILURE_RATE = envfloat("AGENTS_PAYMENT_FAILURE_RATE", 0.3)
+AGENTS_PAYMENT_TIMEOUTS_PER_KEY = envint("AGENTS_PAYMENT_TIMEOUTS_PER_KEY", 0)
+if AGENTS_PAYMENT_FAILURE_RATE > 1:
+    raise ImproperlyConfigured("AGENTS_PAYMENT_FAILURE_RATE is a fraction between 0 and 1")
+# Crash the worker (SIGKILL itself) when a demo run reaches step N, once per run;
+# or pause there for AGENTS_PAUSE_SECONDS, once per run, so a test can kill it. -1: off.
+AGENTS_CRASH_AT_STEP = envint("AGENTS_CRASH_AT_STEP", -1, minimum=-1)
+AGENTS_PAUSE_AT_STEP = envint("AGENTS_PAUSE_AT_STEP", -1, minimum=-1)
+AGENTS_PAUSE_SECONDS = envfloat("AGENTS_PAUSE_SECONDS", 60.0)
+
+
+# --- Operations (issue 6) ---------------------------------------------------------
+# The JSON API under /api/, the OpenAPI schema, /metrics, and scheduled pruning.
+REST_FRAMEWORK = {
+    # Token first: a request without credentials gets 401 and `WWW-Authenticate: Token`.
+    # Sessions let a signed-in operator follow the dashboard's export link.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["api.parsers.StrictJSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "api.views.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Durable runs API",
+    "DESCRIPTION": "Start, inspect, export and operate durable runs. Authenticate with "
+    "`Authorization: Token <key>` (create one with `manage.py drf_create_token USER`).",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": "/api",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "api.schema.bound_path_ids",
+    ],
+}
+
+
+def envduration(name: str, default: timedelta | None) -> timedelta | None:
+    from runs.durations import parse_duration
+
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}: {exc}") from None
+
+
+def envnetworks(name: str) -> list[str]:
+    import ipaddress
+
+    networks = envlist(name, [])
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}: {network!r} is not an IP address or network") from None
+    return networks
+
+
+# /metrics answers a request bearing this token (`Authorization: Bearer ...`) or coming
+# from one of these addresses/networks (REMOTE_ADDR, comma-separated). Neither set: 403.
+DURABLE_METRICS_TOKEN = os.environ.get("DURABLE_METRICS_TOKEN", "")
+DURABLE_METRICS_ALLOWED_IPS = envnetworks("DURABLE_METRICS_ALLOWED_IPS")
+# A scrape within this many seconds of the last one is answered from memory.
+DURABLE_METRICS_CACHE_SECONDS = envfloat("DURABLE_METRICS_CACHE_SECONDS", 10.0)
+
+# Scheduled pruning: with DURABLE_PRUNE_OLDER_THAN set (e.g. 30d), beat deletes finished
+# runs older than that every DURABLE_PRUNE_INTERVAL, DURABLE_PRUNE_BATCH_SIZE runs per
+# transaction. Unset: nothing is ever deleted automatically.
+DURABLE_PRUNE_OLDER_THAN = envduration("DURABLE_PRUNE_OLDER_THAN", None)
+DURABLE_PRUNE_INTERVAL = envduration("DURABLE_PRUNE_INTERVAL", timedelta(hours=1))
+DURABLE_PRUNE_STATUSES = envlist("DURABLE_PRUNE_STATUSES", ["succeeded", "failed", "dead", "cancelled"])
+if set(DURABLE_PRUNE_STATUSES) - {"succeeded", "failed", "dead", "cancelled"}:
+    raise ImproperlyConfigured(
+        "DURABLE_PRUNE_STATUSES: only finished statuses (succeeded, failed, dead, cancelled) can be pruned"
+    )
+DURABLE_PRUNE_BATCH_SIZE = envint("DURABLE_PRUNE_BATCH_SIZE", 500, minimum=1)
+if DURABLE_PRUNE_OLDER_THAN is not None:
+    if not DURABLE_PRUNE_INTERVAL:
+        raise ImproperlyConfigured("DURABLE_PRUNE_INTERVAL must be longer than zero")
+    CELERY_BEAT_SCHEDULE["durable-prune"] = {
+        "task": "runs.prune",
+        "schedule": DURABLE_PRUNE_INTERVAL,
+        # A prune that could not start before the next one is due is dropped.
+        "options": {"expires": DURABLE_PRUNE_INTERVAL.total_seconds()},
+    }
