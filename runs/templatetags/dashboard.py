@@ -76,12 +76,17 @@ def phrase(text: str, *args) -> str:
 # --- JSON ------------------------------------------------------------------------------
 
 
+# JSON this short (on one line) is shown on one line.
+JSON_ONE_LINE = 100
+
+
 @dataclass
 class JSONBlock:
     text: str
     size: int
     truncated: bool
     collapsed: bool
+    one_line: str = ""
 
     @property
     def preview(self) -> str:
@@ -94,6 +99,10 @@ def json_block(value: Any, cap: int = JSON_CAP) -> JSONBlock:
     """Pretty JSON for a <pre>, cut at `cap` characters; the template escapes it."""
     text = json.dumps(value, indent=2, ensure_ascii=False)
     size = len(text)
+    if size <= JSON_ONE_LINE * 3:
+        line = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+        if len(line) <= JSON_ONE_LINE:
+            return JSONBlock(text=text, size=size, truncated=False, collapsed=False, one_line=line)
     truncated = size > cap
     if truncated:
         text = text[:cap]
@@ -256,7 +265,7 @@ class Column:
     segments: list[Segment]
 
 
-def build_hourly_chart(hours: list[dict], height: int = 110, width: int = 720) -> dict:
+def build_hourly_chart(hours: list[dict], height: int = 130, width: int = 720) -> dict:
     """Stacked columns, one per hour; `hours` holds {"hour": datetime, status: count, ...}."""
     peak = max((sum(h.get(s, 0) for s in CHART_OUTCOMES) for h in hours), default=0) or 1
     slot = width / max(len(hours), 1)

@@ -1,0 +1,385 @@
+"""The run page, its live section, a checkpoint's page and a run's whole input or output."""
+
+import time
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from runs.models import AuditEntry, Run, Signal, Status, WaitKind
+from runs.templatetags.dashboard import JSON_CAP, build_timeline, duration, json_block
+from runs.views import StepRow, step_rows
+from steps.models import Attempt, Checkpoint, CheckpointStatus
+from tests.factories import make_failed_run, make_operator, make_run, make_viewer, make_waiting_run
+
+pytestmark = pytest.mark.django_db
+
+HTMX = {"HTTP_HX_REQUEST": "true"}
+
+
+@pytest.fixture
+def viewer_client(client):
+    client.force_login(make_viewer())
+    return client
+
+
+@pytest.fixture
+def operator_client(client):
+    client.force_login(make_operator())
+    return client
+
+
+def page(client, run, **extra) -> str:
+    response = client.get(reverse("run_detail", args=[run.pk]), **extra)
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def test_it_shows_the_header(viewer_client):
+    run = make_run(Status.RUNNING, 2, lease_owner="worker-1@host:42", recovery_count=2)
+    html = page(viewer_client, run)
+    assert f"#{run.pk}</span> arithmetic" in html
+    assert 'id="run-status">running<' in html
+    assert run.idempotency_key[:8] + "…" in html
+    assert "worker-1@host:42" in html
+    assert "<dt>Recoveries</dt><dd>2</dd>" in html
+    assert "&quot;a&quot;: 1" in html  # the input, pretty
+
+
+def test_it_lists_steps_with_attempts_and_tracebacks(viewer_client):
+    run = make_failed_run(steps=3, attempts_per_step=2)
+    html = page(viewer_client, run)
+    for position in range(3):
+        assert f'id="step-{position}"' in html
+    assert html.count('class="attempt"') == 6
+    assert "attempt 2 timed out" in html
+    assert '<details class="traceback"><summary>traceback</summary><pre>Traceback' in html
+    assert "bad value from the tool" in html
+
+
+def test_it_marks_superseded_checkpoints_and_keeps_them(viewer_client):
+    run = make_run(Status.SUCCEEDED, 3)
+    Checkpoint.objects.filter(run=run, position__gte=1).update(superseded_at=timezone.now())
+    Checkpoint.objects.create(
+        run=run,
+        position=1,
+        name="step_1",
+        status=CheckpointStatus.SUCCEEDED,
+        output={"value": "again"},
+        epoch=1,
+        started_at=timezone.now(),
+        finished_at=timezone.now(),
+    )
+    html = page(viewer_client, run)
+    assert html.count('class="superseded-cp"') == 2
+    assert html.count('<span class="tag">superseded ') == 2
+    assert "&quot;again&quot;" in html
+    assert 'class="bar tl-succeeded superseded"' in html
+
+
+def test_it_shows_the_failure_and_the_audit_log(viewer_client):
+    run = make_failed_run()
+    AuditEntry.record(run, "resume", "alice", reason="provider fixed", details={"superseded_from": 2})
+    html = page(viewer_client, run)
+    assert "Failure at step #2" in html
+    assert "provider fixed" in html
+    assert "alice" in html
+    assert "superseded_from" in html
+
+
+def test_it_draws_a_timeline_bar_per_step_and_attempt(viewer_client):
+    run = make_failed_run(steps=3, attempts_per_step=1)
+    html = page(viewer_client, run)
+    assert '<svg class="timeline"' in html
+    assert html.count('class="bar tl-attempt"') == 3
+    assert html.count('class="bar tl-succeeded"') == 2
+    assert html.count('class="bar tl-failed"') == 1
+    assert "<title>#2 step_2 · failed · 500 ms</title>" in html
+
+
+def test_large_outputs_are_collapsed_cut_and_linked(viewer_client):
+    big = {"text": "x" * (JSON_CAP + 5000)}
+    run = make_run(Status.SUCCEEDED, 1, output=big)
+    checkpoint = run.checkpoints.get()
+    html = page(viewer_client, run)
+    assert '<details class="json">' in html
+    assert "Show the whole value" in html
+    assert "x" * (JSON_CAP + 100) not in html
+    full = viewer_client.get(reverse("checkpoint_detail", args=[run.pk, checkpoint.pk])).content.decode()
+    assert "x" * (JSON_CAP + 5000) in full
+
+
+def test_small_outputs_are_shown_on_one_line(viewer_client):
+    run = make_run(Status.SUCCEEDED, 1)
+    assert '<pre class="json one-line">{&quot;value&quot;: 0}</pre>' in page(viewer_client, run)
+
+
+def test_it_shows_signals(viewer_client):
+    run = make_waiting_run()
+    Signal.objects.create(run=run, name="approve", payload={"approved": True}, sent_by="otto")
+    html = page(viewer_client, run)
+    assert "<h2>Signals</h2>" in html
+    assert "otto" in html
+
+
+def test_viewers_see_no_action_buttons(viewer_client):
+    for run in (make_failed_run(), make_waiting_run(), make_run(Status.SUCCEEDED)):
+        html = page(viewer_client, run)
+        assert '<form class="action"' not in html
+        assert "Send a signal" not in html
+        assert "Edit output" not in html
+
+
+def test_operators_see_the_actions_the_state_allows(operator_client):
+    failed = page(operator_client, make_failed_run())
+    assert ">Resume</button>" in failed
+    assert "Retry from here" in failed
+    assert "Edit output…" in failed
+    assert "Cancel run" not in failed
+
+    waiting = page(operator_client, make_waiting_run())
+    assert ">Approve</button>" in waiting
+    assert "Cancel run" in waiting
+    assert "Send a signal" in waiting
+    assert ">Resume</button>" not in waiting
+    assert "Retry from here" not in waiting
+
+    succeeded = page(operator_client, make_run(Status.SUCCEEDED))
+    assert "Retry from here" in succeeded
+    assert ">Resume</button>" not in succeeded
+    assert "Edit output…" not in succeeded
+
+
+def test_action_forms_post_with_a_confirmation(operator_client):
+    run = make_failed_run()
+    html = page(operator_client, run)
+    url = reverse("run_resume", args=[run.pk])
+    assert f'<form class="action" method="post" action="{url}"' in html
+    assert f'hx-post="{url}"' in html
+    assert "hx-confirm=" in html
+    assert 'hx-vals=\'{"confirmed": "yes"}\'' in html
+    assert 'name="csrfmiddlewaretoken"' in html
+
+
+def test_the_csrf_token_is_set_once_for_htmx(operator_client):
+    html = page(operator_client, make_failed_run())
+    assert '<body hx-headers=\'{"x-csrftoken": "' in html
+
+
+def test_it_polls_while_active_and_not_after(viewer_client):
+    running = make_run(Status.RUNNING, 1, lease_owner="w1")
+    html = page(viewer_client, running)
+    assert f'hx-get="/runs/{running.pk}/live/?v=' in html
+    assert 'hx-trigger="every 2s"' in html
+    assert 'hx-trigger="every 2s"' not in page(viewer_client, make_run(Status.SUCCEEDED))
+
+
+def test_the_live_section_answers_204_while_nothing_changed(viewer_client):
+    run = make_run(Status.RUNNING, 1, lease_owner="w1")
+    version = f"{run.updated_at.timestamp():.6f}"
+    url = reverse("run_live", args=[run.pk])
+    assert viewer_client.get(f"{url}?v={version}", **HTMX).status_code == 204
+
+    Run.objects.filter(pk=run.pk).update(steps_done=2, updated_at=timezone.now())
+    response = viewer_client.get(f"{url}?v={version}", **HTMX)
+    assert response.status_code == 200
+    assert response.content.decode().lstrip().startswith('<section id="run-live"')
+
+
+def test_the_live_section_stops_polling_when_the_run_is_final(viewer_client):
+    run = make_run(Status.SUCCEEDED, 1)
+    response = viewer_client.get(reverse("run_live", args=[run.pk]) + "?v=0", **HTMX)
+    assert response.status_code == 286
+    html = response.content.decode()
+    assert 'id="run-status">succeeded<' in html
+    assert "hx-trigger" not in html
+
+
+def test_it_serves_the_live_fragment_to_htmx(viewer_client):
+    run = make_run()
+    html = page(viewer_client, run, HTTP_HX_TARGET="run-live", **HTMX)
+    assert html.lstrip().startswith('<section id="run-live"')
+
+
+def test_it_answers_404_for_unknown_runs(viewer_client):
+    assert viewer_client.get("/runs/999999/").status_code == 404
+
+
+def test_the_whole_input_and_output(viewer_client):
+    run = make_run(Status.SUCCEEDED, 1, input={"q": "y" * 30_000})
+    Run.objects.filter(pk=run.pk).update(output={"answer": "z" * 30_000})
+    assert "y" * 30_000 in viewer_client.get(reverse("run_value", args=[run.pk, "input"])).content.decode()
+    assert "z" * 30_000 in viewer_client.get(reverse("run_value", args=[run.pk, "output"])).content.decode()
+    assert viewer_client.get(reverse("run_value", args=[run.pk, "error_traceback"])).status_code == 404
+
+
+def test_the_checkpoint_page(viewer_client):
+    run = make_failed_run(attempts_per_step=1)
+    failed = run.checkpoints.get(position=2)
+    html = viewer_client.get(reverse("checkpoint_detail", args=[run.pk, failed.pk])).content.decode()
+    assert "bad value from the tool" in html
+    assert "Failed attempts at this position" in html
+    assert "Replace this output" not in html  # viewers cannot edit
+
+
+def test_the_checkpoint_page_offers_the_edit_form_to_operators(operator_client):
+    run = make_failed_run()
+    checkpoint = run.checkpoints.get(position=1)
+    url = reverse("checkpoint_detail", args=[run.pk, checkpoint.pk])
+    html = operator_client.get(url).content.decode()
+    assert "Replace this output and resume" in html
+    assert "{\n  &quot;value&quot;: 1\n}</textarea>" in html  # the old value, ready to edit
+
+    fragment = operator_client.get(url, HTTP_HX_TARGET=f"edit-slot-{checkpoint.pk}", **HTMX).content.decode()
+    assert fragment.lstrip().startswith(f'<div id="edit-form-{checkpoint.pk}"')
+    assert 'hx-target="#run-live"' in fragment
+
+
+def test_a_checkpoint_of_another_run_is_not_found(viewer_client):
+    run, other = make_run(), make_run()
+    checkpoint = other.checkpoints.first()
+    assert viewer_client.get(reverse("checkpoint_detail", args=[run.pk, checkpoint.pk])).status_code == 404
+
+
+def test_it_escapes_untrusted_step_output_and_errors(viewer_client):
+    payload = '<script>window.__xss=1</script><img src=x onerror="window.__xss=1">'
+    run = make_failed_run(output={"text": payload})
+    Run.objects.filter(pk=run.pk).update(error_message=payload, error_type="<b>Boom</b>")
+    Attempt.objects.create(
+        run=run,
+        position=2,
+        name=payload,
+        number=1,
+        started_at=timezone.now(),
+        finished_at=timezone.now(),
+        error_type=payload,
+        error_message=payload,
+        error_traceback=payload,
+    )
+    AuditEntry.record(run, "resume", payload, reason=payload, details={"x": payload})
+    html = page(viewer_client, run)
+    assert "<script>window.__xss" not in html
+    assert "<img src=x" not in html
+    assert "<b>Boom</b>" not in html
+    assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in html
+
+
+def count_queries(client, run) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(reverse("run_detail", args=[run.pk])).status_code == 200
+    return len(queries)
+
+
+def test_it_issues_the_same_number_of_queries_for_any_number_of_steps(operator_client):
+    small = make_failed_run(steps=2, attempts_per_step=1)
+    big = make_failed_run(steps=40, attempts_per_step=2)
+    AuditEntry.record(big, "resume", "alice")
+    Signal.objects.create(run=big, name="x")
+    assert count_queries(operator_client, small) == count_queries(operator_client, big)
+
+
+def test_a_thousand_step_run_stays_fast(viewer_client, django_assert_max_num_queries):
+    run = make_run(Status.SUCCEEDED, 0)
+    now = timezone.now()
+    Checkpoint.objects.bulk_create(
+        Checkpoint(
+            run=run,
+            position=position,
+            name="llm_call" if position % 2 else "tool_call",
+            status=CheckpointStatus.SUCCEEDED,
+            output={"position": position, "text": "ok " * 20},
+            started_at=now + timedelta(seconds=position),
+            finished_at=now + timedelta(seconds=position, milliseconds=400),
+        )
+        for position in range(1000)
+    )
+    Attempt.objects.bulk_create(
+        Attempt(
+            run=run,
+            position=position,
+            name="llm_call",
+            number=1,
+            started_at=now,
+            finished_at=now,
+            error_type="RateLimitError",
+        )
+        for position in range(0, 1000, 10)
+    )
+    Run.objects.filter(pk=run.pk).update(steps_done=1000)
+    started = time.monotonic()
+    # session, user, permissions (2), run, checkpoints, attempts, audit, signals
+    with django_assert_max_num_queries(9):
+        html = page(viewer_client, run)
+    assert time.monotonic() - started < 5
+    assert html.count('class="step st-succeeded"') == 1000
+    assert html.count('class="bar tl-attempt"') == 100
+
+
+def test_waiting_runs_say_what_they_wait_for(viewer_client):
+    run = make_run(Status.WAITING, 1, wait_kind=WaitKind.RETRY, wake_at=timezone.now() + timedelta(minutes=2))
+    assert "retry backoff, wakes in 1 m" in page(viewer_client, run)
+
+
+# --- the pieces --------------------------------------------------------------------------
+
+
+def test_step_rows_group_checkpoints_and_attempts_by_position():
+    now = timezone.now()
+    live = Checkpoint(position=0, name="a", status="succeeded", started_at=now, finished_at=now)
+    old = Checkpoint(
+        position=0, name="a", status="failed", started_at=now, finished_at=now, superseded_at=now
+    )
+    retrying = Attempt(position=1, name="b", number=1, started_at=now, finished_at=now)
+    rows = step_rows([old, live], [retrying])
+    assert [row.position for row in rows] == [0, 1]
+    assert rows[0].checkpoint is live and rows[0].superseded == [old]
+    assert rows[0].all_checkpoints == [old, live]
+    assert rows[1].status == "retrying"
+    assert StepRow(2, "c", superseded=[old]).status == "superseded"
+
+
+def test_the_timeline_scales_lanes_to_fit():
+    now = timezone.now()
+    steps = [
+        StepRow(
+            position,
+            "s",
+            checkpoint=Checkpoint(
+                position=position,
+                name="s",
+                status="succeeded",
+                started_at=now + timedelta(seconds=position),
+                finished_at=now + timedelta(seconds=position + 1),
+            ),
+        )
+        for position in range(1000)
+    ]
+    timeline = build_timeline(Run(status=Status.SUCCEEDED), steps)
+    assert len(timeline.lanes) == 1000
+    assert timeline.height < 600
+    assert not timeline.show_labels
+    assert timeline.lanes[0].bars[0].x < timeline.lanes[-1].bars[0].x
+
+
+def test_the_timeline_needs_something_to_draw():
+    assert build_timeline(Run(status=Status.PENDING), []) is None
+
+
+def test_json_blocks_cut_at_the_cap():
+    block = json_block({"text": "x" * 100}, cap=50)
+    assert block.truncated
+    assert len(block.text) == 50
+    assert block.size > 100
+
+
+@pytest.mark.parametrize(
+    "seconds, text",
+    [(0.25, "250 ms"), (4.2, "4.2 s"), (185, "3 m 05 s"), (7800, "2 h 10 m"), (3 * 86400 + 7200, "3 d 2 h")],
+)
+def test_durations_read_well(seconds, text):
+    assert duration(seconds) == text
+    assert duration(timedelta(seconds=seconds)) == text
+    assert duration(None) == "–"

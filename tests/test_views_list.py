@@ -1,0 +1,371 @@
+"""The run list: filters, status counts, keyset pages, live rows, overview numbers."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from runs import views
+from runs.models import AuditEntry, Run, Status, WaitKind
+from tests.factories import make_failed_run, make_operator, make_run, make_viewer
+
+pytestmark = pytest.mark.django_db
+
+HTMX = {"HTTP_HX_REQUEST": "true"}
+
+
+@pytest.fixture
+def viewer_client(client):
+    client.force_login(make_viewer())
+    return client
+
+
+@pytest.fixture
+def operator_client(client):
+    client.force_login(make_operator())
+    return client
+
+
+def row_ids(response) -> list[int]:
+    return [run.pk for run in response.context["page"].runs]
+
+
+def test_it_redirects_anonymous_users_to_login(client):
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/?next=/")
+
+
+def test_it_refuses_users_without_view_permission(client):
+    from tests.factories import make_user
+
+    client.force_login(make_user("nobody"))
+    assert client.get("/").status_code == 403
+
+
+def test_it_lists_a_failed_run_with_its_cause(viewer_client):
+    run = make_failed_run(steps=3)
+    response = viewer_client.get("/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert f'id="run-{run.pk}"' in html
+    assert "ValueError" in html
+    assert "bad value from the tool" in html
+    assert "failed at #2" in html
+    assert "step_2" in html
+
+
+def test_it_shows_progress_against_the_workflows_latest_success(viewer_client):
+    make_run(Status.SUCCEEDED, 4, workflow="counter")
+    running = make_run(Status.RUNNING, 1, workflow="counter", lease_owner="w1")
+    response = viewer_client.get("/")
+    shown = {run.pk: run for run in response.context["page"].runs}
+    assert shown[running.pk].progress() == 25
+    assert 'aria-valuenow="25"' in response.content.decode()
+
+
+def test_it_shows_an_unknown_length_without_a_percentage(viewer_client):
+    running = make_run(Status.RUNNING, 2, workflow="never_finished")
+    response = viewer_client.get("/")
+    assert {run.pk: run for run in response.context["page"].runs}[running.pk].progress() is None
+    assert "bar st-running unknown" in response.content.decode()
+
+
+def test_it_counts_runs_by_status(viewer_client):
+    make_failed_run()
+    make_failed_run()
+    make_run(Status.SUCCEEDED)
+    make_run(Status.RUNNING, lease_owner="w1")
+    response = viewer_client.get("/")
+    counts = {count["status"]: count["count"] for count in response.context["counts"]}
+    assert counts[""] == 4
+    assert counts[Status.FAILED] == 2
+    assert counts[Status.SUCCEEDED] == 1
+    assert counts[Status.RUNNING] == 1
+    assert counts[Status.DEAD] == 0
+
+
+def test_it_filters_by_status_when_a_count_is_clicked(viewer_client):
+    failed = make_failed_run()
+    make_run(Status.SUCCEEDED)
+    response = viewer_client.get("/?status=failed")
+    assert row_ids(response) == [failed.pk]
+    selected = [count for count in response.context["counts"] if count["selected"]]
+    assert [count["status"] for count in selected] == [Status.FAILED]
+
+
+def test_status_counts_keep_the_other_filters(viewer_client):
+    make_failed_run(workflow="payment")
+    make_failed_run(workflow="arithmetic")
+    response = viewer_client.get("/?workflow=payment")
+    counts = {count["status"]: count for count in response.context["counts"]}
+    assert counts[Status.FAILED]["count"] == 1
+    assert counts[Status.FAILED]["query"] == "workflow=payment&status=failed"
+
+
+def test_it_filters_by_workflow(viewer_client):
+    payment = make_run(workflow="payment")
+    make_run(workflow="arithmetic")
+    assert row_ids(viewer_client.get("/?workflow=payment")) == [payment.pk]
+
+
+def test_it_finds_a_run_by_id(viewer_client):
+    wanted = make_run(input={"x": "alpha"})
+    make_run(input={"x": "beta"})
+    assert row_ids(viewer_client.get(f"/?q={wanted.pk}")) == [wanted.pk]
+    assert row_ids(viewer_client.get(f"/?q=%23{wanted.pk}")) == [wanted.pk]
+
+
+def test_it_finds_runs_by_input_text(viewer_client):
+    wanted = make_run(input={"customer": "ACME Widgets"})
+    make_run(input={"customer": "Globex"})
+    assert row_ids(viewer_client.get("/?q=acme")) == [wanted.pk]
+
+
+def test_a_huge_number_in_the_search_does_not_break_the_query(viewer_client):
+    make_run()
+    response = viewer_client.get("/?q=" + "9" * 40)
+    assert response.status_code == 200
+    assert row_ids(response) == []
+
+
+def test_it_filters_by_start_time(viewer_client):
+    old = make_run(created_ago=timedelta(days=3))
+    recent = make_run(created_ago=timedelta(hours=1))
+    since = (timezone.now() - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+    until = (timezone.now() - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M")
+    assert row_ids(viewer_client.get(f"/?started_after={since}")) == [recent.pk]
+    assert row_ids(viewer_client.get(f"/?started_before={until}")) == [old.pk]
+
+
+def test_it_reports_and_ignores_an_invalid_filter(viewer_client):
+    run = make_run()
+    response = viewer_client.get("/?started_after=yesterday-ish")
+    assert response.status_code == 200
+    assert row_ids(response) == [run.pk]
+    assert "(ignored)" in response.content.decode()
+
+
+def test_it_pages_by_id_without_offset(viewer_client, monkeypatch):
+    monkeypatch.setattr(views, "PAGE_SIZE", 3)
+    runs = [make_run(steps=0) for _ in range(8)]
+    ids = sorted((run.pk for run in runs), reverse=True)
+
+    with CaptureQueriesContext(connection) as queries:
+        first = viewer_client.get("/")
+    assert row_ids(first) == ids[:3]
+    assert first.context["page"].newer is None
+    assert first.context["page"].older == ids[2]
+    assert not any("OFFSET" in query["sql"].upper() for query in queries.captured_queries)
+
+    second = viewer_client.get(f"/?before={ids[2]}")
+    assert row_ids(second) == ids[3:6]
+    assert second.context["page"].newer == ids[3]
+
+    last = viewer_client.get(f"/?before={ids[5]}")
+    assert row_ids(last) == ids[6:]
+    assert last.context["page"].older is None
+
+    back = viewer_client.get(f"/?after={ids[6]}")
+    assert row_ids(back) == ids[3:6]
+
+
+def test_paging_back_to_the_top_shows_the_newest_page(viewer_client, monkeypatch):
+    monkeypatch.setattr(views, "PAGE_SIZE", 3)
+    ids = sorted((make_run(steps=0).pk for _ in range(5)), reverse=True)
+    response = viewer_client.get(f"/?after={ids[3]}")
+    assert row_ids(response) == ids[:3]
+    assert response.context["page"].newer is None
+
+
+def test_pager_links_keep_the_filters(viewer_client, monkeypatch):
+    monkeypatch.setattr(views, "PAGE_SIZE", 2)
+    for _ in range(3):
+        make_failed_run()
+    response = viewer_client.get("/?status=failed")
+    assert response.context["older_query"].startswith("status=failed&before=")
+
+
+def test_it_serves_the_results_fragment_to_htmx(viewer_client):
+    make_run()
+    response = viewer_client.get("/?status=succeeded", HTTP_HX_TARGET="results", **HTMX)
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert html.lstrip().startswith('<section id="results"')
+    assert "<html" not in html
+
+
+def test_it_serves_the_whole_page_for_history_restores(viewer_client):
+    response = viewer_client.get(
+        "/", HTTP_HX_TARGET="results", HTTP_HX_HISTORY_RESTORE_REQUEST="true", **HTMX
+    )
+    assert "<html" in response.content.decode()
+
+
+def test_links_work_with_and_without_javascript(viewer_client):
+    run = make_run()
+    html = viewer_client.get("/").content.decode()
+    url = reverse("run_detail", args=[run.pk])
+    assert f'href="{url}" hx-get="{url}"' in html
+    assert 'hx-push-url="true"' in html
+
+
+def test_it_polls_only_while_a_run_on_the_page_is_active(viewer_client):
+    make_run(Status.SUCCEEDED)
+    assert "hx-trigger=" not in viewer_client.get("/").content.decode()
+    active = make_run(Status.RUNNING, lease_owner="w1")
+    html = viewer_client.get("/").content.decode()
+    assert f'hx-get="/runs/rows/?ids={active.pk}" hx-trigger="every 2s"' in html
+
+
+def test_it_hides_bulk_controls_from_viewers(viewer_client):
+    make_failed_run()
+    html = viewer_client.get("/").content.decode()
+    assert 'name="run"' not in html
+    assert "Resume…" not in html
+
+
+def test_it_shows_bulk_controls_to_operators(operator_client):
+    run = make_failed_run()
+    html = operator_client.get("/").content.decode()
+    assert f'name="run" value="{run.pk}"' in html
+    assert "Resume…" in html
+
+
+def test_it_escapes_untrusted_text(viewer_client):
+    make_failed_run(
+        input={"prompt": "<script>alert(1)</script>"}, error_message="<img src=x onerror=alert(1)>"
+    )
+    Run.objects.update(error_message="<img src=x onerror=alert(1)>", current_step="<b>step</b>")
+    html = viewer_client.get("/").content.decode()
+    assert "<script>alert(1)" not in html
+    assert "<img src=x" not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "<b>step</b>" not in html
+
+
+@pytest.mark.parametrize("statuses", [["succeeded", "failed", "running"]])
+def test_it_issues_the_same_number_of_queries_for_any_number_of_rows(viewer_client, statuses):
+    def count_queries() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert viewer_client.get("/").status_code == 200
+        return len(queries)
+
+    for status in statuses:
+        make_run(status, 2, attempts_per_step=1, lease_owner="w1" if status == "running" else "")
+    few = count_queries()
+    for index in range(40):
+        make_run(statuses[index % 3], 3, attempts_per_step=1, lease_owner="w1")
+    assert count_queries() == few
+
+
+def test_its_query_count_stays_small(viewer_client, django_assert_max_num_queries):
+    for index in range(30):
+        make_run([Status.SUCCEEDED, Status.FAILED, Status.RUNNING][index % 3], 2)
+    # session, user, permissions (2), counts, page, typical steps, overview (3)
+    with django_assert_max_num_queries(12):
+        viewer_client.get("/")
+
+
+# --- live rows -----------------------------------------------------------------------
+
+
+def test_live_rows_return_fresh_rows_as_out_of_band_swaps(viewer_client):
+    running = make_run(Status.RUNNING, 1, lease_owner="w1")
+    response = viewer_client.get(f"/runs/rows/?ids={running.pk}", **HTMX)
+    html = response.content.decode()
+    assert response.status_code == 200
+    compact = " ".join(html.split())
+    assert f'<template> <tr id="run-{running.pk}" class="run-row" hx-swap-oob="true">' in compact
+    assert 'id="live-poller" hx-swap-oob="true"' in html
+    assert f"ids={running.pk}" in html
+
+
+def test_live_rows_stop_the_polling_once_nothing_is_active(viewer_client):
+    finished = make_run(Status.SUCCEEDED)
+    response = viewer_client.get(f"/runs/rows/?ids={finished.pk}", **HTMX)
+    assert response.status_code == 286
+    html = response.content.decode()
+    assert f'id="run-{finished.pk}"' in html  # the last update is still swapped in
+    assert "hx-trigger" not in html
+
+
+def test_live_rows_keep_the_selection(operator_client):
+    running = make_run(Status.RUNNING, 1, lease_owner="w1")
+    other = make_run(Status.RUNNING, 1, lease_owner="w1")
+    html = operator_client.get(f"/runs/rows/?ids={running.pk},{other.pk}&run={running.pk}").content.decode()
+    assert f'value="{running.pk}" aria-label="select run {running.pk}" checked' in html
+    assert f'value="{other.pk}" aria-label="select run {other.pk}">' in html
+
+
+def test_live_rows_ignore_garbage_ids(viewer_client):
+    response = viewer_client.get("/runs/rows/?ids=abc,,-1," + "9" * 40)
+    assert response.status_code == 286
+
+
+def test_live_rows_use_a_constant_number_of_queries(viewer_client):
+    def count(ids) -> int:
+        with CaptureQueriesContext(connection) as queries:
+            viewer_client.get("/runs/rows/?ids=" + ",".join(map(str, ids)))
+        return len(queries)
+
+    few = [make_run(Status.RUNNING, 1, lease_owner="w").pk for _ in range(2)]
+    many = few + [make_run(Status.RUNNING, 2, lease_owner="w").pk for _ in range(30)]
+    assert count(few) == count(many)
+
+
+# --- overview ------------------------------------------------------------------------
+
+
+def test_the_overview_counts_the_last_day(viewer_client):
+    make_run(Status.SUCCEEDED, 2)
+    make_run(Status.SUCCEEDED, 2)
+    make_failed_run()
+    dead = make_run(Status.DEAD, 1, recovery_count=6)
+    make_run(Status.FAILED, 0, created_ago=timedelta(days=3))  # outside the window
+    AuditEntry.record(dead, "recover", None, reason="lease lapsed")
+    overview = viewer_client.get("/").context["overview"]
+    assert overview["started"] == 4
+    assert overview["failed"] == 2
+    assert overview["failure_rate"] == pytest.approx(0.5)
+    assert overview["recoveries"] == 1
+    assert sum(sum(v for k, v in hour.items() if k != "hour") for hour in overview["hours"]) == 4
+
+
+def test_the_overview_reports_step_duration_percentiles(viewer_client):
+    make_run(Status.SUCCEEDED, 3)
+    make_run(Status.SUCCEEDED, 3)
+    steps = {row["name"]: row for row in viewer_client.get("/").context["overview"]["steps"]}
+    assert steps["step_0"]["count"] == 2
+    assert steps["step_0"]["p50"] == pytest.approx(0.5)
+    assert steps["step_0"]["p95"] == pytest.approx(0.5)
+
+
+def test_percentiles_use_the_nearest_rank():
+    values = [float(n) for n in range(1, 101)]
+    assert views.percentile(values, 0.5) == 50
+    assert views.percentile(values, 0.95) == 95
+    assert views.percentile([3.0], 0.95) == 3
+
+
+def test_the_overview_draws_runs_per_hour(viewer_client):
+    make_run(Status.SUCCEEDED)
+    make_failed_run()
+    html = viewer_client.get("/").content.decode()
+    assert '<svg class="hourly"' in html
+    assert 'class="seg st-succeeded"' in html
+    assert 'class="seg st-failed"' in html
+
+
+def test_the_overview_says_when_nothing_happened(viewer_client):
+    response = viewer_client.get("/")
+    assert response.context["overview"]["failure_rate"] is None
+    assert "No step finished in the last 24 hours." in response.content.decode()
+
+
+def test_waiting_rows_say_what_they_wait_for(viewer_client):
+    make_run(Status.WAITING, 1, wait_kind=WaitKind.SIGNAL, wait_signal="approve")
+    assert "signal “approve”" in viewer_client.get("/").content.decode()
