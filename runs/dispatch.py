@@ -28,3 +28,16 @@ def ring(run_id: int, queue: str) -> None:
 def ring_on_commit(run) -> None:
     run_id, queue = run.pk, run.queue
     transaction.on_commit(lambda: ring(run_id, queue))
+
+
+def ring_branch(branch_id: int, queue: str) -> None:
+    from runs.tasks import execute_branch
+
+    try:
+        execute_branch.apply_async((branch_id,), queue=queue)
+    except Exception:
+        log.warning("could not dispatch branch %s; the sweep will retry", branch_id, exc_info=True)
+
+
+def ring_branch_on_commit(branch_id: int, queue: str) -> None:
+    transaction.on_commit(lambda: ring_branch(branch_id, queue))

@@ -26,10 +26,11 @@ from runs.workflow import (
     StepInfo,
     UnknownWorkflow,
     _current_step,
+    call,
     registry,
     step_definition,
 )
-from steps.models import Checkpoint, CheckpointStatus
+from steps.models import BranchStatus, Checkpoint, CheckpointStatus
 from steps.retry import StepOutputError
 from steps.timeouts import call_with_timeout
 
@@ -91,15 +92,7 @@ class RunContext:
         position = self._take_position()
         recorded = self._recorded_at(position, definition.name)
         if recorded is not None:
-            if recorded.status == CheckpointStatus.FAILED:
-                raise StepFailed(
-                    recorded.name,
-                    position,
-                    recorded.error_type,
-                    recorded.error_message,
-                    recorded.error_traceback,
-                )
-            return recorded.output
+            return self._replayed(recorded)
         return self._execute(definition, position, args, kwargs)
 
     def sleep(self, duration: float | timedelta) -> None:
@@ -150,7 +143,126 @@ class RunContext:
             deadline = started + timedelta(seconds=seconds)
         self._suspend(WaitKind.SIGNAL, position, wake_at=deadline, signal=name)
 
+    def parallel(self, calls) -> list:
+        """Run several steps at once, on any workers, and return their outputs in call order.
+
+        Build the calls with `runs.workflow.call(fn, *args, **kwargs)`. The run is released
+        while the branches execute. If a branch fails for good the group fails with
+        StepFailed (catchable, and replayed as the same error); the other branches'
+        results stay recorded.
+        """
+        calls = list(calls)
+        if not calls:
+            return []
+        name = f"parallel:{len(calls)}"
+        position = self._take_position()
+        recorded = self._recorded_at(position, name)
+        if recorded is not None:
+            return self._replayed(recorded)
+        specs = []
+        for index, step_call in enumerate(calls):
+            try:
+                args = ensure_json(list(step_call.args), f"the arguments of branch {index}")
+                kwargs = ensure_json(step_call.kwargs, f"the keyword arguments of branch {index}")
+            except ValueError as exc:
+                raise TypeError(str(exc)) from None
+            specs.append(
+                dict(
+                    name=step_call.definition.name,
+                    target=step_call.definition.target,
+                    args=args,
+                    kwargs=kwargs,
+                )
+            )
+        outcome, value = self._db(self._run.fan_out, self._token, position, specs)
+        if outcome == "diverged":
+            self.diverged = NonDeterminismError(value)
+            raise self.diverged
+        if outcome == "waiting":
+            self._stop("ok/branches")
+        if outcome != "finished":
+            self._stop(outcome)
+        return self._settle_group(position, name, value)
+
+    def map(self, fn, items) -> list:
+        """`parallel` over one step function and a list of inputs."""
+        return self.parallel([call(fn, item) for item in items])
+
+    def child(self, workflow: str, input: Any = None) -> Any:
+        """Start a run of another workflow as this run's child and return its output.
+
+        The child is started once (replay finds it again) and this run is released
+        while it runs. A child that fails, is cancelled or dead-lettered raises StepFailed.
+        """
+        return self._child(workflow, input, wait=True)
+
+    def start_child(self, workflow: str, input: Any = None) -> int:
+        """Start a child run and go on without waiting; returns its run id."""
+        return self._child(workflow, input, wait=False)["run_id"]
+
+    def _child(self, workflow: str, input: Any, wait: bool):
+        name = f"child:{workflow}"
+        position = self._take_position()
+        recorded = self._recorded_at(position, name)
+        if recorded is not None:
+            return self._replayed(recorded)
+        outcome, value = self._db(
+            self._run.child_at, self._token, position, workflow, input, wait, started_at=timezone.now()
+        )
+        if outcome == "ok":
+            return value
+        if outcome == "failed":
+            raise StepFailed(
+                name, position, value["error_type"], value["error_message"], value["error_traceback"]
+            )
+        self._stop("ok/child" if outcome == "waiting" else outcome)
+
     # --- machinery ------------------------------------------------------------------
+
+    def _replayed(self, recorded: Checkpoint) -> Any:
+        if recorded.status == CheckpointStatus.FAILED:
+            raise StepFailed(
+                recorded.name,
+                recorded.position,
+                recorded.error_type,
+                recorded.error_message,
+                recorded.error_traceback,
+            )
+        return recorded.output
+
+    def _settle_group(self, position: int, name: str, branches) -> list:
+        """Every branch is done: checkpoint the group as one step, in call order."""
+        started = min((b.started_at for b in branches if b.started_at), default=timezone.now())
+        failed = [b for b in branches if b.status == BranchStatus.FAILED]
+        if not failed:
+            outputs = [b.output for b in branches]
+            self._checkpoint(
+                position, name, output=outputs, started_at=started, meta={"branches": len(branches)}
+            )
+            return outputs
+        first = failed[0]
+        error = dict(
+            error_type=first.error_type,
+            error_message=f"branch {first.index} ({first.name}) failed: {first.error_message}",
+            error_traceback=first.error_traceback,
+        )
+        outcome = self._db(
+            self._run.record_checkpoint,
+            self._token,
+            position=position,
+            name=name,
+            status=CheckpointStatus.FAILED,
+            epoch=self._run.epoch,
+            started_at=started,
+            finished_at=timezone.now(),
+            meta={"branches": len(branches), "failed": [b.index for b in failed]},
+            **error,
+        )
+        if outcome != "ok":
+            self._stop(outcome)
+        raise StepFailed(
+            name, position, error["error_type"], error["error_message"], error["error_traceback"]
+        )
 
     def _take_position(self) -> int:
         if self.stopped is not None:
@@ -172,6 +284,10 @@ class RunContext:
         return recorded
 
     def _execute(self, definition: StepDefinition, position: int, args: tuple, kwargs: dict) -> Any:
+        if definition.rate_limit is not None:
+            retry_at = self._db(definition.rate_limit.acquire)
+            if retry_at is not None:  # waits without holding a worker, and is not an attempt
+                self._suspend(WaitKind.RATE, position, wake_at=retry_at)
         attempt = 1
         if position == self._first_fresh:
             attempt += self._db(self._run.failed_attempts_at, position)

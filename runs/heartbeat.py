@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import connection
 
 from runs.models import Run, Status, WorkerProcess
+from steps.models import Branch, BranchStatus
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,18 @@ def release_abandoned(name: str) -> int:
     with _lock:
         active = set(_executing)
     released = 0
-    for run in Run.objects.filter(status=Status.RUNNING, lease_owner=name).only("pk", "lease_token", "queue"):
+    held = Run.objects.filter(status=Status.RUNNING, lease_owner=name).only(
+        "pk", "lease_token", "queue", "workflow"
+    )
+    for run in held:
         if run.lease_token not in active and run.recover("its worker stopped executing it") is not None:
+            released += 1
+    from runs.recovery import recover_lost_process_branch
+
+    for branch in Branch.objects.filter(status=BranchStatus.RUNNING, lease_owner=name).only(
+        "pk", "lease_token"
+    ):
+        if branch.lease_token not in active and recover_lost_process_branch(branch.pk, branch.lease_token):
             released += 1
     return released
 

@@ -20,7 +20,8 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from runs import dispatch
-from steps.models import Attempt, Checkpoint, CheckpointStatus
+from runs.flow import concurrency_limit, entry_status, lock
+from steps.models import Attempt, Branch, BranchStatus, Checkpoint, CheckpointStatus
 
 
 class Status(models.TextChoices):
@@ -51,12 +52,16 @@ TRANSITIONS: dict[str, frozenset[str]] = {
             Status.DEAD,  # lease lapsed once too often
         }
     ),
-    Status.WAITING: frozenset({Status.PENDING, Status.CANCELLED}),
-    Status.SUCCEEDED: frozenset({Status.PENDING}),  # retry from a step
-    Status.FAILED: frozenset({Status.PENDING}),  # resume, retry from a step, edit
-    Status.DEAD: frozenset({Status.PENDING}),  # resume, retry from a step, edit
-    Status.CANCELLED: frozenset({Status.PENDING}),  # retry from a step
+    # Woken (QUEUED instead when its workflow has a concurrency limit).
+    Status.WAITING: frozenset({Status.PENDING, Status.QUEUED, Status.CANCELLED}),
+    Status.SUCCEEDED: frozenset({Status.PENDING, Status.QUEUED}),  # retry from a step
+    Status.FAILED: frozenset({Status.PENDING, Status.QUEUED}),  # resume, retry from a step, edit
+    Status.DEAD: frozenset({Status.PENDING, Status.QUEUED}),  # resume, retry from a step, edit
+    Status.CANCELLED: frozenset({Status.PENDING, Status.QUEUED}),  # retry from a step
 }
+
+# Runs in these states hold one of their workflow's concurrency slots.
+SLOT_STATUSES = (Status.PENDING, Status.RUNNING)
 
 
 class InvalidOperation(Exception):
@@ -118,6 +123,7 @@ class RunQuerySet(models.QuerySet):
         try:
             with transaction.atomic():
                 run = self.create(
+                    status=entry_status(definition.name),
                     workflow=definition.name,
                     input=data,
                     queue=queue or definition.queue or settings.CELERY_TASK_DEFAULT_QUEUE,
@@ -129,7 +135,7 @@ class RunQuerySet(models.QuerySet):
                     dispatched_at=timezone.now(),
                 )
                 AuditEntry.record(run, "start", by, details={"workflow": definition.name})
-                dispatch.ring_on_commit(run)
+                run.announce()
         except IntegrityError:
             if not dedupe_key:
                 raise
@@ -168,6 +174,56 @@ class RunQuerySet(models.QuerySet):
             models.Exists(pending_signal)
         )
 
+    def admit(self, workflow: str) -> int:
+        """Move queued runs of a workflow to pending while it has free slots.
+
+        Highest priority first, then oldest. Serialised per workflow by a lock, so two
+        admissions at once cannot both count the same free slot.
+        """
+        check_transition([Status.QUEUED], Status.PENDING)
+        limit = concurrency_limit(workflow)
+        admitted = 0
+        with lock(f"concurrency:{workflow}"):
+            free = (
+                None
+                if limit is None
+                else limit - self.filter(workflow=workflow, status__in=SLOT_STATUSES).count()
+            )
+            if free is not None and free <= 0:
+                return 0
+            line = self.filter(workflow=workflow, status=Status.QUEUED).order_by("-priority", "id")
+            now = timezone.now()
+            for run in line.only("pk", "queue", "workflow")[:free]:
+                if self.filter(pk=run.pk, status=Status.QUEUED).update(
+                    status=Status.PENDING, dispatched_at=now, updated_at=now
+                ):
+                    dispatch.ring_on_commit(run)
+                    admitted += 1
+        return admitted
+
+    def queued_workflows(self) -> list[str]:
+        return list(self.filter(status=Status.QUEUED).values_list("workflow", flat=True).distinct())
+
+    def waiting_on_finished_children(self):
+        finished_child = Run.objects.filter(
+            parent=models.OuterRef("pk"),
+            parent_position=models.OuterRef("wait_position"),
+            status__in=list(FINAL_STATUSES),
+        )
+        return self.filter(status=Status.WAITING, wait_kind=WaitKind.CHILD).filter(
+            models.Exists(finished_child)
+        )
+
+    def waiting_on_finished_branches(self):
+        unfinished = Branch.objects.live().filter(
+            run=models.OuterRef("pk"),
+            position=models.OuterRef("wait_position"),
+            status__in=[BranchStatus.PENDING, BranchStatus.RUNNING, BranchStatus.WAITING],
+        )
+        return self.filter(status=Status.WAITING, wait_kind=WaitKind.BRANCHES).exclude(
+            models.Exists(unfinished)
+        )
+
     def unanswered(self):
         """Pending runs whose doorbell should have been answered by now."""
         cutoff = timezone.now() - timedelta(seconds=settings.DURABLE_REDISPATCH_AFTER)
@@ -179,6 +235,9 @@ class WaitKind(models.TextChoices):
     SLEEP = "sleep", "sleep"
     RETRY = "retry", "retry backoff"
     SIGNAL = "signal", "signal"
+    BRANCHES = "branches", "parallel branches"
+    CHILD = "child", "child run"
+    RATE = "rate", "rate limit"
 
 
 class Run(models.Model):
@@ -241,6 +300,10 @@ class Run(models.Model):
             # Run list filtered by status or workflow, newest first (keyset on id).
             models.Index(fields=["status", "-id"], name="run_status_id"),
             models.Index(fields=["workflow", "-id"], name="run_workflow_id"),
+            # Admission: slots in use and the queued line, per workflow.
+            models.Index(fields=["workflow", "status", "-priority", "id"], name="run_admission"),
+            # Child runs: a parent's children by position.
+            models.Index(fields=["parent", "parent_position"], name="run_children"),
         ]
 
     def __str__(self) -> str:
@@ -356,6 +419,7 @@ class Run(models.Model):
                 return "lost"
             if before:
                 before()
+            self.slot_freed()
         if kind == WaitKind.SIGNAL and Run.objects.filter(pk=self.pk).signalled_while_waiting().exists():
             # The signal arrived while we were deciding to wait: it must not be lost.
             self.wake()
@@ -386,6 +450,95 @@ class Run(models.Model):
                 return "lost", None
         return ("taken" if outcome == "ok" else outcome), signal.payload
 
+    def fan_out(self, token: str, position: int, specs: list[dict]) -> tuple[str, Any]:
+        """Create the parallel group's missing branches and wait for them, atomically.
+
+        Returns ("finished", branches in call order) when every branch is done,
+        ("waiting", None) when the run was released to wait for them, ("diverged",
+        message) when recorded branches differ from the calls, or ("lost", None).
+        """
+        with transaction.atomic():
+            recorded = {b.index: b for b in Branch.objects.live().filter(run=self, position=position)}
+            names = [spec["name"] for spec in specs]
+            for index, branch in recorded.items():
+                if index >= len(specs) or branch.name != names[index]:
+                    called = names[index] if index < len(specs) else "nothing"
+                    return "diverged", (
+                        f"Replay of run {self.pk} diverged at position {position}.{index}: the code calls "
+                        f"{called!r} there but the recorded branch is {branch.name!r}."
+                    )
+            if len(recorded) == len(specs) and all(b.is_finished for b in recorded.values()):
+                return "finished", [recorded[index] for index in range(len(specs))]
+            if self._suspend(token, WaitKind.BRANCHES, position=position) == "lost":
+                transaction.set_rollback(True)
+                return "lost", None
+            now = timezone.now()
+            created = Branch.objects.bulk_create(
+                Branch(run=self, position=position, index=index, epoch=self.epoch, dispatched_at=now, **spec)
+                for index, spec in enumerate(specs)
+                if index not in recorded
+            )
+            for branch in created:
+                dispatch.ring_branch_on_commit(branch.pk, self.queue)
+        if Run.objects.filter(pk=self.pk).waiting_on_finished_branches().exists():
+            self.wake()  # the last branch finished while we were deciding to wait
+        return "waiting", None
+
+    def child_at(self, token: str, position: int, workflow: str, input: Any, wait: bool, started_at):
+        """Start (once) the child run for this position; record it, or wait for it to finish.
+
+        Returns (outcome, value): ("ok", output), ("failed", error fields), ("waiting", None),
+        or the checkpoint outcome ("cancelled", "lost").
+        """
+        name = f"child:{workflow}"
+        child, _ = Run.objects.start_or_get(
+            workflow,
+            input,
+            dedupe_key=f"child:{self.step_idempotency_key(position)}",
+            parent=self,
+            parent_position=position,
+            by=f"run {self.pk}",
+        )
+        record = dict(
+            position=position,
+            name=name,
+            epoch=self.epoch,
+            started_at=started_at,
+            meta={"child_run": child.pk},
+        )
+        if not wait:
+            value = {"run_id": child.pk}
+            outcome = self.record_checkpoint(
+                token, **record, status=CheckpointStatus.SUCCEEDED, output=value, finished_at=timezone.now()
+            )
+            return outcome, value
+        if child.status == Status.SUCCEEDED:
+            outcome = self.record_checkpoint(
+                token,
+                **record,
+                status=CheckpointStatus.SUCCEEDED,
+                output=child.output,
+                finished_at=timezone.now(),
+            )
+            return outcome, child.output
+        if child.is_final:
+            error = dict(
+                error_type="ChildRunFailed",
+                error_message=(
+                    f"child run {child.pk} ({workflow}) ended {child.get_status_display()}"
+                    + (f": {child.error_type}: {child.error_message}" if child.error_type else "")
+                ),
+                error_traceback=child.error_traceback,
+            )
+            outcome = self.record_checkpoint(
+                token, **record, status=CheckpointStatus.FAILED, finished_at=timezone.now(), **error
+            )
+            return ("failed" if outcome == "ok" else outcome), error
+        outcome = self._suspend(token, WaitKind.CHILD, position=position)
+        if outcome == "ok" and Run.objects.filter(pk=self.pk).waiting_on_finished_children().exists():
+            self.wake()  # the child finished while we were deciding to wait
+        return ("waiting" if outcome == "ok" else outcome), None
+
     def finish(self, token: str, *, output=None, error: dict | None = None) -> bool:
         now = timezone.now()
         fields: dict[str, Any] = dict(finished_at=now, updated_at=now, lease_owner="", lease_token="")
@@ -395,7 +548,12 @@ class Run(models.Model):
         else:
             check_transition([Status.RUNNING], Status.FAILED)
             fields.update(status=Status.FAILED, **error)
-        return self._leased(token).update(**fields) == 1
+        with transaction.atomic():
+            finished = self._leased(token).update(**fields) == 1
+            if finished:
+                self.slot_freed()
+                self.notify_parent()
+        return finished
 
     # --- recovery and wake-ups (sweep, lost prefork children) -----------------
 
@@ -441,22 +599,54 @@ class Run(models.Model):
             )
             if not updated:
                 return None
-            self.refresh_from_db(fields=["status", "queue", "recovery_count"])
+            self.refresh_from_db(fields=["status", "queue", "workflow", "recovery_count"])
             AuditEntry.record(self, "recover", None, reason=reason, details={"outcome": self.status})
             if self.status == Status.PENDING:
                 dispatch.ring_on_commit(self)
+            else:
+                self.slot_freed()
+                self.notify_parent()
         return self.status
 
     def wake(self) -> bool:
-        check_transition([Status.WAITING], Status.PENDING)
+        target = entry_status(self.workflow)
+        check_transition([Status.WAITING], target)
         now = timezone.now()
         with transaction.atomic():
             woken = Run.objects.filter(pk=self.pk, status=Status.WAITING).update(
-                status=Status.PENDING, dispatched_at=now, updated_at=now
+                status=target, dispatched_at=now, updated_at=now
             )
             if woken:
-                dispatch.ring_on_commit(self)
+                self.status = target
+                self.announce()
         return bool(woken)
+
+    def announce(self) -> None:
+        """After the run (re)entered the line: ring its doorbell, or queue it for a slot."""
+        if self.status == Status.QUEUED:
+            workflow = self.workflow
+            transaction.on_commit(lambda: Run.objects.admit(workflow))
+        else:
+            dispatch.ring_on_commit(self)
+
+    def slot_freed(self) -> None:
+        """The run stopped holding a concurrency slot; let a queued run of its workflow in."""
+        if concurrency_limit(self.workflow) is not None:
+            workflow = self.workflow
+            transaction.on_commit(lambda: Run.objects.admit(workflow))
+
+    def notify_parent(self) -> None:
+        """A child run finished: wake its parent if it is waiting for this child."""
+        if self.parent_id is None:
+            return
+        parents = Run.objects.filter(
+            pk=self.parent_id,
+            status=Status.WAITING,
+            wait_kind=WaitKind.CHILD,
+            wait_position=self.parent_position,
+        ).only("pk", "queue", "workflow")
+        for parent in parents:
+            transaction.on_commit(parent.wake)
 
     def redispatch(self) -> bool:
         now = timezone.now()
@@ -471,11 +661,12 @@ class Run(models.Model):
     # --- operator operations ----------------------------------------------------
 
     def _reopen(self, allowed, action: str, **fields) -> None:
-        """Move the run from one of `allowed` back to PENDING, or explain why not."""
-        check_transition(allowed, Status.PENDING)
+        """Move the run from one of `allowed` back into line, or explain why not."""
+        target = entry_status(self.workflow)
+        check_transition(allowed, target)
         now = timezone.now()
         updated = Run.objects.filter(pk=self.pk, status__in=allowed).update(
-            status=Status.PENDING,
+            status=target,
             output=None,
             error_type="",
             error_message="",
@@ -515,10 +706,18 @@ class Run(models.Model):
                 if step.exists():
                     Checkpoint.objects.supersede_from(self, failed_at)
                     Attempt.objects.supersede_from(self, failed_at)
+                    # A failed parallel group re-runs only its failed branches.
+                    Branch.objects.supersede_from(self, failed_at, statuses=[BranchStatus.FAILED])
                     Run.objects.filter(pk=self.pk).update(steps_done=failed_at)
                     details["superseded_from"] = failed_at
+                    # A failed child run is resumed with its parent; finished ones are kept.
+                    for child in self.children.filter(
+                        parent_position=failed_at, status__in=[Status.FAILED, Status.DEAD]
+                    ):
+                        child.resume(by=by, reason=f"parent run {self.pk} resumed")
             AuditEntry.record(self, "resume", by, reason=reason, details=details)
-            dispatch.ring_on_commit(self)
+            self.status = entry_status(self.workflow)
+            self.announce()
         self.refresh_from_db()
 
     def retry_from(self, position: int, by=None, reason: str = "") -> None:
@@ -550,18 +749,22 @@ class Run(models.Model):
                 reason=reason,
                 details={"from_position": position, "superseded": superseded},
             )
-            dispatch.ring_on_commit(self)
+            Branch.objects.supersede_from(self, position)
+            self.status = entry_status(self.workflow)
+            self.announce()
         self.refresh_from_db()
 
     def cancel(self, by=None, reason: str = "") -> str:
         """Cancel now if no worker holds the run, else before its next step."""
-        check_transition([Status.PENDING, Status.WAITING], Status.CANCELLED)
+        check_transition([Status.QUEUED, Status.PENDING, Status.WAITING], Status.CANCELLED)
         now = timezone.now()
         with transaction.atomic():
-            if Run.objects.filter(pk=self.pk, status__in=[Status.PENDING, Status.WAITING]).update(
-                status=Status.CANCELLED, finished_at=now, updated_at=now
-            ):
+            if Run.objects.filter(
+                pk=self.pk, status__in=[Status.QUEUED, Status.PENDING, Status.WAITING]
+            ).update(status=Status.CANCELLED, finished_at=now, updated_at=now):
                 outcome = "cancelled"
+                self.slot_freed()
+                self.notify_parent()
             elif Run.objects.filter(pk=self.pk, status=Status.RUNNING).update(
                 cancel_requested=True, updated_at=now
             ):
@@ -572,6 +775,12 @@ class Run(models.Model):
                     f"Cannot cancel run {self.pk}: it is already {self.get_status_display()}."
                 )
             AuditEntry.record(self, "cancel", by, reason=reason, details={"outcome": outcome})
+            # Cancelling a parent cancels the children it started that are still going.
+            for child in self.children.filter(status__in=list(ACTIVE_STATUSES)).only("pk", "workflow"):
+                try:
+                    child.cancel(by=by, reason=f"parent run {self.pk} cancelled")
+                except InvalidOperation:
+                    pass  # it finished meanwhile
         self.refresh_from_db()
         return outcome
 
@@ -634,7 +843,8 @@ class Run(models.Model):
             }
             AuditEntry.record(self, "edit", by, reason=reason, details=details)
             AuditEntry.record(self, "resume", by, reason=reason, details={"after_edit": position})
-            dispatch.ring_on_commit(self)
+            self.status = entry_status(self.workflow)
+            self.announce()
         self.refresh_from_db()
         return new
 

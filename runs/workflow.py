@@ -35,6 +35,7 @@ __all__ = [
     "StepInfo",
     "StepTimeout",
     "UnknownWorkflow",
+    "call",
     "current_step",
     "registry",
     "step",
@@ -48,6 +49,17 @@ class StepDefinition:
     name: str
     retry: RetryPolicy = DEFAULT_RETRY_POLICY
     timeout: float | None = None
+    rate_limit: Any = None  # a steps.ratelimit.RateLimit
+
+    @property
+    def target(self) -> str:
+        """Where any worker can import the function from: "module:qualname"."""
+        qualname = getattr(self.fn, "__qualname__", "")
+        if not qualname or "<" in qualname:
+            raise TypeError(
+                f"step {self.name!r} must be a module-level function to run in parallel or on another worker"
+            )
+        return f"{self.fn.__module__}:{qualname}"
 
 
 def step(
@@ -56,19 +68,47 @@ def step(
     name: str | None = None,
     retry: RetryPolicy | None = None,
     timeout: float | None = None,
+    rate_limit=None,
 ):
-    """Give a function a step name, retry policy and timeout for `ctx.step(fn, ...)`.
+    """Give a function a step name, retry policy, timeout and rate limit for `ctx.step(fn, ...)`.
 
-    The function itself is unchanged and can still be called directly.
+    `rate_limit` is a `steps.ratelimit.RateLimit(key, calls, period)` shared by every
+    step naming the same key. The function itself is unchanged and can still be called
+    directly.
     """
 
     def decorate(func: Callable) -> Callable:
         func.__durable_step__ = StepDefinition(
-            fn=func, name=name or func.__name__, retry=retry or DEFAULT_RETRY_POLICY, timeout=timeout
+            fn=func,
+            name=name or func.__name__,
+            retry=retry or DEFAULT_RETRY_POLICY,
+            timeout=timeout,
+            rate_limit=rate_limit,
         )
         return func
 
     return decorate(fn) if fn is not None else decorate
+
+
+def resolve_target(target: str) -> Callable:
+    module, _, qualname = target.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass(frozen=True)
+class StepCall:
+    """One call in a parallel group: `call(fn, *args, **kwargs)`."""
+
+    definition: StepDefinition
+    args: tuple
+    kwargs: dict
+
+
+def call(fn: Callable, *args, **kwargs) -> StepCall:
+    return StepCall(step_definition(fn), args, kwargs)
 
 
 def step_definition(fn: Callable) -> StepDefinition:
@@ -86,6 +126,7 @@ class WorkflowDefinition:
     fn: Callable[..., Any]
     queue: str = ""
     declared_version: str = ""
+    concurrency: int | None = None
 
     @cached_property
     def version(self) -> str:
@@ -131,15 +172,24 @@ class Registry:
 registry = Registry()
 
 
-def workflow(name: str | None = None, *, queue: str = "", version: str = ""):
+def workflow(name: str | None = None, *, queue: str = "", version: str = "", concurrency: int | None = None):
     """Register a function `fn(ctx, input)` as a workflow that runs can be started of.
 
     `version` names the code's version; without it, a hash of the source is used.
+    `concurrency` caps how many of its runs execute at once; the rest wait queued.
     """
+    if concurrency is not None and concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
 
     def decorate(fn: Callable) -> Callable:
         registry.register(
-            WorkflowDefinition(name=name or fn.__name__, fn=fn, queue=queue, declared_version=version)
+            WorkflowDefinition(
+                name=name or fn.__name__,
+                fn=fn,
+                queue=queue,
+                declared_version=version,
+                concurrency=concurrency,
+            )
         )
         return fn
 

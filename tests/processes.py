@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -120,8 +119,12 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{details}")
 
 
-def wipe_broker() -> None:
-    """Lose every queued message, as a Redis restart without persistence would."""
+def wipe_broker(queue: str) -> None:
+    """Lose every queued message, as a Redis restart without persistence would.
+
+    On the filesystem broker only the given queue's messages go, so test sessions
+    running side by side on one machine do not disturb each other.
+    """
     url = settings.CELERY_BROKER_URL
     if url.startswith("redis"):
         import redis
@@ -129,8 +132,8 @@ def wipe_broker() -> None:
         redis.Redis.from_url(url).flushall()
     elif url.startswith("filesystem://"):
         folder = Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"])
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True, exist_ok=True)
+        for message in folder.glob(f"*.{queue}.msg"):
+            message.unlink(missing_ok=True)
     else:
         raise NotImplementedError(f"cannot wipe broker {url}")
 
@@ -138,3 +141,13 @@ def wipe_broker() -> None:
 def child_pids(pid: int) -> list[int]:
     result = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
     return [int(line) for line in result.stdout.split()]
+
+
+def broker_holds_messages(queue: str) -> bool:
+    url = settings.CELERY_BROKER_URL
+    if url.startswith("redis"):
+        import redis
+
+        return redis.Redis.from_url(url).llen(queue) > 0
+    folder = Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"])
+    return any(folder.glob(f"*.{queue}.msg"))

@@ -8,7 +8,7 @@ from django.db.models import Count
 
 from runs.models import Run, Status
 from steps.models import Checkpoint
-from tests.processes import Cluster, child_pids, wait_for, wipe_broker
+from tests.processes import Cluster, broker_holds_messages, child_pids, wait_for, wipe_broker
 from tests.workflows import create_ledger
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.django_db(transaction=True)]
@@ -110,7 +110,9 @@ def test_it_completes_every_queued_run_after_the_broker_loses_its_messages(tmp_p
     cluster = Cluster(tmp_path, DURABLE_REDISPATCH_AFTER="1")
     try:
         runs = [Run.objects.start("ledger", {"steps": 3}, queue=cluster.queue) for _ in range(5)]
-        wipe_broker()  # the doorbells are gone; the runs are still pending in the database
+        assert broker_holds_messages(cluster.queue)
+        wipe_broker(cluster.queue)  # the doorbells are gone; the runs are still pending in the database
+        assert not broker_holds_messages(cluster.queue)
         assert all(status_of(run) == Status.PENDING for run in runs)
 
         cluster.beat()

@@ -10,7 +10,8 @@ from collections import Counter
 
 from django.db import connection
 
-from runs.workflow import NonRetryableError, RetryPolicy, StepFailed, current_step, step, workflow
+from runs.workflow import NonRetryableError, RetryPolicy, StepFailed, call, current_step, step, workflow
+from steps.ratelimit import RateLimit
 
 CALLS: Counter = Counter()
 KEYS: dict[str, list[str]] = {}
@@ -266,3 +267,118 @@ def metered(prompt: str):
 @workflow("metered", version="2026-11-27.1")
 def metered_workflow(ctx, data):
     return ctx.step(metered, data["prompt"])
+
+
+# --- fan-out, children, flow control ------------------------------------------------
+
+
+@step
+def square(x):
+    called("square")
+    if TOGGLES.get("crash_on") == x:
+        TOGGLES.pop("crash_on")
+        raise SimulatedCrash(f"power cut while squaring {x}")
+    return x * x
+
+
+@step(retry=RetryPolicy(max_attempts=2, initial_interval=0, jitter=0))
+def picky(x):
+    called("picky")
+    if x == TOGGLES.get("refuse"):
+        raise ValueError(f"cannot handle {x}")
+    return x
+
+
+@workflow("fan_out")
+def fan_out(ctx, data):
+    squares = ctx.map(square, data["items"])
+    total = ctx.step(add, sum(squares), 0)
+    return {"squares": squares, "total": total}
+
+
+@workflow("fan_out_mixed")
+def fan_out_mixed(ctx, data):
+    return ctx.parallel([call(add, 1, 2), call(double, 5), call(square, 3)])
+
+
+@workflow("fan_out_failing")
+def fan_out_failing(ctx, data):
+    try:
+        ctx.map(picky, data["items"])
+    except StepFailed as failure:
+        return {"caught": failure.error_type, "message": failure.error_message}
+    return {"caught": None}
+
+
+@workflow("parent")
+def parent(ctx, data):
+    background = ctx.start_child("approval", {})
+    result = ctx.child("arithmetic", {"a": data["a"], "b": 1})
+    return {"child_result": result, "background": background}
+
+
+@workflow("parent_of_failure")
+def parent_of_failure(ctx, data):
+    return ctx.child("malformed", {})
+
+
+@workflow("limited", concurrency=2)
+def limited(ctx, data):
+    return ctx.step(add, data["n"], 0)
+
+
+@step(rate_limit=RateLimit("test:api", calls=2, period=1.0))
+def rate_limited(i):
+    called("rate_limited")
+    return i
+
+
+@workflow("rate_limited")
+def rate_limited_workflow(ctx, data):
+    return [ctx.step(rate_limited, i) for i in range(data["calls"])]
+
+
+# --- for real worker processes ----------------------------------------------------
+
+
+@step
+def ledger_branch(index: int, pause: float):
+    info = current_step()
+    first_time = ledger_count(info.run_id, f"branch-{index}") == 0
+    ledger_write(info.run_id, f"branch-{index}")
+    if first_time:
+        time.sleep(pause)
+    return index * 10
+
+
+@workflow("ledger_fan_out")
+def ledger_fan_out(ctx, data):
+    pauses = data.get("pauses", {})
+    results = ctx.parallel(
+        [call(ledger_branch, index, pauses.get(str(index), 0.0)) for index in range(data["branches"])]
+    )
+    return {"results": results}
+
+
+@workflow("ledger_parent")
+def ledger_parent(ctx, data):
+    ctx.step(ledger_step, 0, data.get("pause", 0.0))
+    child = ctx.child("ledger", {"steps": 2})
+    ctx.step(ledger_step, 1, 0.0)
+    return {"child": child}
+
+
+@workflow("ledger_limited", concurrency=2)
+def ledger_limited(ctx, data):
+    return ctx.step(ledger_step, 0, data.get("pause", 0.2))
+
+
+@step(rate_limit=RateLimit("test:shared-api", calls=5, period=1.0))
+def ledger_rate_limited(index: int):
+    ledger_write(current_step().run_id, f"call-{index}")
+    return index
+
+
+@workflow("ledger_rate_limited")
+def ledger_rate_limited_workflow(ctx, data):
+    return ctx.step(ledger_rate_limited, data["index"])
