@@ -455,7 +455,9 @@ def checkpoint_context(request, run: Run, checkpoint: Checkpoint, form: EditOutp
 def after_action(request: AuthenticatedHttpRequest, run: Run, status: int = 200) -> HttpResponse:
     """htmx gets the run page's live section in place; a plain form post is sent back to the page."""
     if request.htmx:
-        return render(request, "runs/detail.html#run-live", detail_context(request, run), status=status)
+        return render(
+            request, "runs/detail.html#action-response", detail_context(request, run), status=status
+        )
     return see_other(reverse("run_detail", args=[run.pk]))
 
 

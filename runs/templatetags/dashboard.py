@@ -151,63 +151,58 @@ class Timeline:
     ticks: list[dict[str, Any]]
     show_labels: bool
     now_x: float | None
+    # With too many lanes to name each, the first and last position are named.
+    edge_labels: list[dict[str, Any]] = field(default_factory=list)
 
 
-LABEL_WIDTH = 190
 CHART_WIDTH = 1000
 AXIS_HEIGHT = 16
 # Lanes get up to 18 units each; a long run's lanes share this much height.
 MAX_LANES_HEIGHT = 540
+# Bars are at least this wide, so that a millisecond step is still visible.
+MIN_BAR = 4.0
 
 
 class _Scale:
-    def __init__(self, start: datetime, end: datetime):
+    def __init__(self, start: datetime, end: datetime, left: float):
         self.start = start
+        self.left = left
+        self.span = CHART_WIDTH - left - 10
         self.seconds = max((end - start).total_seconds(), 0.001)
-        self.per_second = (CHART_WIDTH - LABEL_WIDTH - 10) / self.seconds
+        self.per_second = self.span / self.seconds
 
     def x(self, moment: datetime) -> float:
-        return round(LABEL_WIDTH + (moment - self.start).total_seconds() * self.per_second, 2)
+        return round(self.left + (moment - self.start).total_seconds() * self.per_second, 2)
 
     def width(self, begin: datetime, finish: datetime) -> float:
-        return round(max((finish - begin).total_seconds() * self.per_second, 1.5), 2)
+        return round(max((finish - begin).total_seconds() * self.per_second, MIN_BAR), 2)
+
+    def ticks(self) -> list[dict[str, Any]]:
+        marks = ((0, "start"), (0.25, "middle"), (0.5, "middle"), (0.75, "middle"), (1, "end"))
+        return [
+            {"x": round(self.left + f * self.span, 2), "label": duration(self.seconds * f), "anchor": anchor}
+            for f, anchor in marks
+        ]
 
 
 def _lane(step, index: int, row: float, scale: _Scale) -> Lane:
     top = AXIS_HEIGHT + index * row
     gap = row * 0.15 if row >= 4 else 0
-    lane = Lane(label=f"{step.position} {step.name}"[:30], text_y=round(top + row * 0.75, 2))
+    lane = Lane(label=f"{step.position} {step.name}"[:26], text_y=round(top + row * 0.75, 2))
 
     def bar(begin, finish, kind, superseded, what) -> Bar:
         seconds = (finish - begin).total_seconds()
         title = f"#{step.position} {step.name} · {what} · {duration(seconds)}"
-        height = row - 2 * gap
-        return Bar(
-            scale.x(begin),
-            round(top + gap, 2),
-            scale.width(begin, finish),
-            round(height, 2),
-            kind,
-            superseded,
-            title,
-        )
+        x, width = scale.x(begin), scale.width(begin, finish)
+        return Bar(x, round(top + gap, 2), width, round(row - 2 * gap, 2), kind, superseded, title)
 
     for attempt in step.attempts:
         what = f"attempt {attempt.number} failed: {attempt.error_type}"
-        lane.bars.append(
-            bar(attempt.started_at, attempt.finished_at, "attempt", bool(attempt.superseded_at), what)
-        )
-    for checkpoint in step.all_checkpoints:
-        what = checkpoint.status + (" (superseded)" if checkpoint.superseded_at else "")
-        lane.bars.append(
-            bar(
-                checkpoint.started_at,
-                checkpoint.finished_at,
-                checkpoint.status,
-                bool(checkpoint.superseded_at),
-                what,
-            )
-        )
+        superseded = bool(attempt.superseded_at)
+        lane.bars.append(bar(attempt.started_at, attempt.finished_at, "attempt", superseded, what))
+    for cp in step.all_checkpoints:
+        what = cp.status + (" (superseded)" if cp.superseded_at else "")
+        lane.bars.append(bar(cp.started_at, cp.finished_at, cp.status, bool(cp.superseded_at), what))
     return lane
 
 
@@ -222,20 +217,24 @@ def build_timeline(run, steps, now: datetime | None = None) -> Timeline | None:
     end = max(finish for _, finish in spans)
     if run.is_active:
         end = max(end, now)
-    scale = _Scale(start, end)
     row = min(18.0, MAX_LANES_HEIGHT / len(steps))
-    span = CHART_WIDTH - LABEL_WIDTH - 10
-    ticks = [
-        {"x": round(LABEL_WIDTH + f * span, 2), "label": duration(scale.seconds * f), "anchor": anchor}
-        for f, anchor in ((0, "start"), (0.25, "middle"), (0.5, "middle"), (0.75, "middle"), (1, "end"))
-    ]
+    show_labels = row >= 10
+    scale = _Scale(start, end, left=190 if show_labels else 60)
+    height = round(AXIS_HEIGHT + len(steps) * row + 2, 2)
+    edges = []
+    if not show_labels:
+        edges = [
+            {"y": AXIS_HEIGHT + 10, "text": f"#{steps[0].position}"},
+            {"y": height - 2, "text": f"#{steps[-1].position}"},
+        ]
     return Timeline(
         width=CHART_WIDTH,
-        height=round(AXIS_HEIGHT + len(steps) * row + 2, 2),
+        height=height,
         lanes=[_lane(step, index, row, scale) for index, step in enumerate(steps)],
-        ticks=ticks,
-        show_labels=row >= 10,
+        ticks=scale.ticks(),
+        show_labels=show_labels,
         now_x=scale.x(now) if run.is_active else None,
+        edge_labels=edges,
     )
 
 

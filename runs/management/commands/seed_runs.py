@@ -214,6 +214,9 @@ class Seeder:
             for number in range(1, self.rng.randint(1, 3) + 1):
                 moment, attempt = self.attempt(run, plan.retrying_at, name, number, moment)
                 attempts.append(attempt)
+        if run.status in (Status.SUCCEEDED, Status.FAILED) and checkpoints:
+            # A finished run ends with its last step.
+            run.finished_at = run.updated_at = checkpoints[-1].finished_at + timedelta(milliseconds=20)
         return checkpoints, attempts, self.audit_for(run)
 
     def failures_before(self, position: int, plan: Plan) -> int:
@@ -329,15 +332,15 @@ class Command(BaseCommand):
         )
 
     def write(self, seeder: Seeder, plans: list[Plan], totals: list[int]) -> None:
+        checkpoints, attempts, audit = [], [], []
+        for plan in plans:
+            run_checkpoints, run_attempts, run_audit = seeder.rows_for(plan)
+            checkpoints += run_checkpoints
+            attempts += run_attempts
+            audit += run_audit
         with transaction.atomic():
-            # Sets each run's id (RETURNING), which its rows below refer to.
+            # Sets each run's id (RETURNING); the rows above pick it up when they are saved.
             Run.objects.bulk_create([plan.run for plan in plans])
-            checkpoints, attempts, audit = [], [], []
-            for plan in plans:
-                run_checkpoints, run_attempts, run_audit = seeder.rows_for(plan)
-                checkpoints += run_checkpoints
-                attempts += run_attempts
-                audit += run_audit
             Checkpoint.objects.bulk_create(checkpoints, batch_size=5000)
             Attempt.objects.bulk_create(attempts, batch_size=5000)
             AuditEntry.objects.bulk_create(audit, batch_size=5000)

@@ -1,0 +1,289 @@
+"""Django admin for runs, signals, the audit log and worker processes.
+
+The admin is a supported way to fix a stuck run. Its actions call the same Run
+operator methods as the dashboard; editing a run's state fields directly is
+allowed for the cases those methods do not cover, and is audited: every save
+writes an AuditEntry naming the changed fields with their old and new values.
+Saves are conditional on the run not having changed since the form was opened.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
+from django.http import HttpResponseRedirect
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django.utils.html import format_html
+
+from runs import dispatch
+from runs.forms import parse_json
+from runs.models import AuditEntry, InvalidOperation, Run, Signal, Status, WorkerProcess
+
+# Run fields an admin may edit to unstick a run; everything else is history.
+RUN_EDITABLE = (
+    "status",
+    "queue",
+    "wait_kind",
+    "wait_signal",
+    "wait_position",
+    "wake_at",
+    "lease_owner",
+    "lease_token",
+    "cancel_requested",
+    "recovery_count",
+    "dispatched_at",
+)
+
+
+def as_json(value: Any) -> Any:
+    """A value as it can be stored in an audit entry's details."""
+    return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+
+
+class StrictJSONField(forms.JSONField):
+    """The admin's JSON field, refusing NaN and Infinity as the database would."""
+
+    def to_python(self, value):
+        passthrough = (list, dict, int, float, forms.fields.JSONString)
+        if self.disabled or value in self.empty_values or isinstance(value, passthrough):
+            return super().to_python(value)
+        converted = parse_json(value)
+        return forms.fields.JSONString(converted) if isinstance(converted, str) else converted
+
+
+class OperateActions:
+    """Admin actions that go through Run's operator methods (and so are audited)."""
+
+    def has_operate_permission(self, request) -> bool:
+        return request.user.has_perm("runs.operate")
+
+    def _operate(self, request, runs, verb: str, operation) -> None:
+        done, refused = 0, []
+        for run in runs:
+            try:
+                operation(run)
+                done += 1
+            except InvalidOperation as exc:
+                refused.append(str(exc))
+        if done:
+            self.message_user(request, f"{verb}: {done} run(s).", messages.SUCCESS)
+        for reason in refused[:10]:
+            self.message_user(request, reason, messages.WARNING)
+        if len(refused) > 10:
+            self.message_user(request, f"… and {len(refused) - 10} more refused.", messages.WARNING)
+
+    @admin.action(description="Resume selected runs (failed or dead-lettered)", permissions=["operate"])
+    def resume_runs(self, request, queryset):
+        runs = queryset.order_by("pk")
+        self._operate(
+            request, runs, "Resumed", lambda run: run.resume(by=request.user, reason="admin action")
+        )
+
+    @admin.action(description="Cancel selected runs", permissions=["operate"])
+    def cancel_runs(self, request, queryset):
+        runs = queryset.order_by("pk")
+        self._operate(
+            request, runs, "Cancelled", lambda run: run.cancel(by=request.user, reason="admin action")
+        )
+
+
+class RunAdminForm(forms.ModelForm):
+    audit_reason = forms.CharField(
+        required=False,
+        max_length=1000,
+        label="Reason",
+        help_text="Kept in the audit log together with the fields you changed.",
+    )
+    # The run's updated_at when the form was opened; the save is refused if it moved.
+    loaded_version = forms.CharField(required=False, widget=forms.HiddenInput)
+
+    class Meta:
+        model = Run
+        fields = RUN_EDITABLE
+        help_texts = {
+            "status": "Editing the state directly bypasses the state machine; prefer the actions. "
+            "Setting a run to pending dispatches it again.",
+        }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk and not self.is_bound:
+            self.fields["loaded_version"].initial = self.instance.updated_at.isoformat()
+
+    def clean(self):
+        data = super().clean()
+        loaded = parse_datetime(data.get("loaded_version") or "")
+        current = Run.objects.filter(pk=self.instance.pk).values_list("updated_at", "status").first()
+        if self.instance.pk and current and loaded != current[0]:
+            raise ValidationError(
+                f"This run changed while you were editing it (it is now {Status(current[1]).label}). "
+                "Reload the page and make your change again."
+            )
+        return data
+
+
+@admin.register(Run)
+class RunAdmin(OperateActions, admin.ModelAdmin):
+    form = RunAdminForm
+    list_display = (
+        "id",
+        "workflow",
+        "status",
+        "steps_done",
+        "current_step",
+        "error_type",
+        "recovery_count",
+        "created_at",
+        "finished_at",
+    )
+    list_display_links = ("id", "workflow")
+    list_filter = ("status", "wait_kind", "cancel_requested", "created_at")
+    search_fields = ("=id", "workflow", "=idempotency_key", "error_type")
+    actions = ("resume_runs", "cancel_runs")
+    date_hierarchy = None
+    show_full_result_count = False
+    list_per_page = 50
+
+    def get_readonly_fields(self, request, obj=None):
+        history = [f.name for f in Run._meta.concrete_fields if f.name not in RUN_EDITABLE and f.name != "id"]
+        return ["dashboard", *history]
+
+    def get_fieldsets(self, request, obj=None):
+        readonly = [name for name in self.get_readonly_fields(request, obj) if name != "dashboard"]
+        return [
+            (None, {"fields": ["dashboard", "audit_reason", "loaded_version"]}),
+            ("State (editable, audited)", {"fields": list(RUN_EDITABLE)}),
+            ("History (read-only)", {"fields": readonly}),
+        ]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # runs are started through Run.objects.start (dashboard, CLI, API)
+
+    @admin.display(description="Dashboard")
+    def dashboard(self, obj: Run):
+        if not obj.pk:
+            return "–"
+        return format_html(
+            '<a href="{}">open run #{} on the dashboard</a>', reverse("run_detail", args=[obj.pk]), obj.pk
+        )
+
+    def save_model(self, request, obj: Run, form, change: bool) -> None:
+        changed = [name for name in form.changed_data if name in RUN_EDITABLE]
+        if not change or not changed:
+            return
+        loaded = parse_datetime(form.cleaned_data.get("loaded_version") or "")
+        after = {name: form.cleaned_data[name] for name in changed}
+        with transaction.atomic():
+            before = Run.objects.filter(pk=obj.pk).values(*changed).first() or {}
+            fields = {**after, "updated_at": timezone.now()}
+            if after.get("status") == Status.PENDING:
+                fields["dispatched_at"] = timezone.now()
+            # Conditional on the version the form was opened at: a worker's write in between wins.
+            if not Run.objects.filter(pk=obj.pk, updated_at=loaded).update(**fields):
+                self.message_user(request, "The run changed meanwhile; nothing was saved.", messages.ERROR)
+                return
+            changes = {
+                name: {"before": as_json(before.get(name)), "after": as_json(after[name])} for name in changed
+            }
+            reason = form.cleaned_data.get("audit_reason", "")
+            AuditEntry.record(obj, "admin edit", request.user, reason=reason, details={"changed": changes})
+            if after.get("status") == Status.PENDING:
+                dispatch.ring_on_commit(obj)
+
+
+class SignalAdminForm(forms.ModelForm):
+    payload = StrictJSONField(required=False, help_text="JSON; empty sends null.")
+    audit_reason = forms.CharField(required=False, max_length=1000, label="Reason")
+
+    class Meta:
+        model = Signal
+        fields = ("run", "name", "payload")
+
+    def clean(self):
+        data = super().clean()
+        run = data.get("run")
+        if run is not None and not run.can_signal:
+            raise ValidationError(
+                f"Run {run.pk} is {run.get_status_display()}; only unfinished runs take signals."
+            )
+        return data
+
+
+@admin.register(Signal)
+class SignalAdmin(admin.ModelAdmin):
+    form = SignalAdminForm
+    list_display = ("id", "run", "name", "sent_by", "created_at", "consumed_at", "consumed_position")
+    list_filter = (("consumed_at", admin.EmptyFieldListFilter), "created_at")
+    search_fields = ("=run__id", "name", "sent_by")
+    raw_id_fields = ("run",)
+    show_full_result_count = False
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ("run", "name", "payload", "audit_reason")
+        return ("run", "name", "payload", "sent_by", "created_at", "consumed_at", "consumed_position")
+
+    def get_readonly_fields(self, request, obj=None):
+        return () if obj is None else self.get_fields(request, obj)
+
+    def has_add_permission(self, request) -> bool:
+        return request.user.has_perm("runs.operate")
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return obj is None and super().has_change_permission(request)
+
+    def save_model(self, request, obj: Signal, form, change: bool) -> None:
+        """A signal added here is sent through Run.send_signal, which wakes the run and audits."""
+        data = form.cleaned_data
+        try:
+            sent = obj.run.send_signal(
+                data["name"], data["payload"], by=request.user, reason=data["audit_reason"]
+            )
+        except InvalidOperation as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return
+        obj.pk = sent.pk
+        obj.__dict__.update({k: v for k, v in sent.__dict__.items() if not k.startswith("_")})
+
+    def response_add(self, request, obj, post_url_continue=None):
+        if obj.pk is None:  # refused: the message says why
+            return HttpResponseRedirect(reverse("admin:runs_signal_changelist"))
+        return super().response_add(request, obj, post_url_continue)
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "actor_name", "action", "run", "reason")
+    list_filter = ("action", "created_at")
+    search_fields = ("=run__id", "actor_name", "action", "reason")
+    show_full_result_count = False
+    list_select_related = ("run",)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # the audit log is written once
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(WorkerProcess)
+class WorkerProcessAdmin(admin.ModelAdmin):
+    list_display = ("name", "hostname", "pid", "started_at", "heartbeat_at")
+    search_fields = ("name", "hostname")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

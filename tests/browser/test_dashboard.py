@@ -1,0 +1,229 @@
+"""The dashboard in a real browser: find a failure, resume it, retry, approve, and no XSS."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from playwright.sync_api import expect
+
+import tests.workflows  # noqa: F401  (registers the engine's test workflows)
+from runs.models import Run, Status
+from tests import factories
+from tests.browser.conftest import screenshot
+from tests.factories import make_failed_run
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=1">'
+
+
+def settle(worker, run: Run, *statuses: str, timeout: float = 15) -> Run:
+    """Wait until the worker threads have taken the run to one of `statuses`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run.refresh_from_db()
+        if run.status in statuses:
+            return run
+        time.sleep(0.05)
+    raise AssertionError(f"run {run.pk} is {run.status}, expected {statuses}")
+
+
+def accept_dialogs(page) -> list[str]:
+    seen: list[str] = []
+
+    def accept(dialog):
+        seen.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", accept)
+    return seen
+
+
+@pytest.fixture
+def flaky():
+    factories.FLAKY["fail"] = True
+    yield factories.FLAKY
+    factories.FLAKY["fail"] = True
+
+
+def test_find_a_failed_run_resume_it_and_watch_it_succeed(operator_page, worker, flaky):
+    page = operator_page
+    run = settle(worker, Run.objects.start("dashboard_flaky", {"order": "A-1"}), Status.FAILED)
+
+    page.goto("/")
+    row = page.locator(f"#run-{run.pk}")
+    expect(row).to_contain_text("failed")
+    expect(row).to_contain_text("NonRetryableError")
+    expect(row).to_contain_text("quote service answered 503")
+    screenshot(page, "run-list")
+
+    row.get_by_role("link").click()
+    page.wait_for_url(f"**/runs/{run.pk}/")
+    expect(page.locator("#run-status")).to_have_text("failed")
+    page.evaluate("window.__sameDocument = true")
+
+    flaky["fail"] = False
+    dialogs = accept_dialogs(page)
+    page.get_by_role("button", name="Resume").click()
+    expect(page.locator("#run-status")).to_have_text("succeeded")
+    assert dialogs and f"Resume run #{run.pk}" in dialogs[0]
+    assert page.evaluate("window.__sameDocument") is True  # updated in place, never reloaded
+    expect(page.locator(".msg.success")).to_contain_text(f"Run {run.pk} resumed.")
+    expect(page.locator("#step-1 .superseded-cp")).to_contain_text("superseded")
+    expect(page.locator("table.audit")).to_contain_text("resume")
+    screenshot(page, "run-detail", full_page=True)
+
+
+def test_retry_from_a_middle_step_shows_the_superseded_checkpoints(operator_page, worker):
+    page = operator_page
+    run = settle(worker, Run.objects.start("counter", {"steps": 4}), Status.SUCCEEDED)
+
+    page.goto(f"/runs/{run.pk}/")
+    page.fill("#action-reason", "re-run from the middle")
+    accept_dialogs(page)
+    page.locator("#step-2").get_by_role("button", name="Retry from here").click()
+    expect(page.locator(".msg.success")).to_contain_text("retrying from step 2")
+    settle(worker, run, Status.SUCCEEDED)
+    expect(page.locator("#run-status")).to_have_text("succeeded")
+    for position in (2, 3):
+        expect(page.locator(f"#step-{position} .superseded-cp")).to_have_count(1)
+    expect(page.locator("#step-1 .superseded-cp")).to_have_count(0)
+    expect(page.locator("table.audit")).to_contain_text("re-run from the middle")
+    expect(page.locator("svg.timeline rect.superseded")).to_have_count(2)
+
+
+def test_approve_a_waiting_run(operator_page, worker):
+    page = operator_page
+    run = settle(worker, Run.objects.start("approval", {}), Status.WAITING)
+
+    page.goto(f"/runs/{run.pk}/")
+    expect(page.locator("#run-status")).to_have_text("waiting")
+    accept_dialogs(page)
+    page.get_by_role("button", name="Approve").click()
+    expect(page.locator("#run-status")).to_have_text("succeeded")
+    run.refresh_from_db()
+    assert run.output == {"plan": 42, "outcome": "done", "by": "otto"}
+
+
+def test_a_signal_with_invalid_json_is_refused_in_place(operator_page, worker):
+    page = operator_page
+    run = settle(worker, Run.objects.start("approval", {}), Status.WAITING)
+
+    page.goto(f"/runs/{run.pk}/")
+    accept_dialogs(page)
+    page.locator("#signal-form summary").click()
+    page.fill("#id_payload", "{approved: yes")
+    page.get_by_role("button", name="Send signal…").click()
+    expect(page.locator("#signal-form .errorlist")).to_contain_text("This is not valid JSON")
+    assert not run.signals.exists()
+
+    page.fill("#id_payload", '{"approved": true, "by": "ops"}')
+    page.get_by_role("button", name="Send signal…").click()
+    expect(page.locator("#run-status")).to_have_text("succeeded")
+
+
+def test_edit_a_failed_steps_output_then_resume(operator_page, worker, flaky):
+    page = operator_page
+    run = settle(worker, Run.objects.start("dashboard_flaky", {"order": "B-2"}), Status.FAILED)
+
+    page.goto(f"/runs/{run.pk}/")
+    accept_dialogs(page)
+    page.locator("#step-1").get_by_role("link", name="Edit output…").click()
+    editor = page.locator("#step-1 textarea")
+    expect(editor).to_be_visible()
+    editor.fill('{"order": "B-2", "cents": 777}')
+    page.locator("#step-1").get_by_role("button", name="Save and resume…").click()
+    expect(page.locator("#run-status")).to_have_text("succeeded")
+    run.refresh_from_db()
+    assert run.output == {"booked": 777}
+
+
+def test_the_list_updates_active_rows_live(operator_page, worker):
+    page = operator_page
+    run = settle(worker, Run.objects.start("approval", {}), Status.WAITING)
+    done = make_failed_run()
+
+    page.goto("/")
+    row = page.locator(f"#run-{run.pk}")
+    expect(row).to_contain_text("waiting")
+    page.locator(f"#run-{done.pk} input.row-check").check()
+    page.evaluate("window.__sameDocument = true")
+
+    run.send_signal("approve", {"approved": True})
+    settle(worker, run, Status.SUCCEEDED)
+    expect(row).to_contain_text("succeeded")
+    assert page.evaluate("window.__sameDocument") is True
+    expect(page.locator(f"#run-{done.pk} input.row-check")).to_be_checked()
+    expect(page.locator("#live-poller")).not_to_have_attribute("hx-trigger", "every 2s")
+
+
+def test_bulk_resume_counts_and_confirms(operator_page, worker, flaky):
+    page = operator_page
+    runs = [
+        settle(worker, Run.objects.start("dashboard_flaky", {"order": f"C-{i}"}), Status.FAILED)
+        for i in range(2)
+    ]
+    flaky["fail"] = False
+
+    page.goto("/?status=failed")
+    page.locator("[data-select-all]").check()
+    page.get_by_role("button", name="Resume…").click()
+    panel = page.locator("#bulk-panel")
+    expect(panel).to_contain_text("Resume 2 runs?")
+    panel.get_by_role("button", name="Yes, resume").click()
+    expect(page.locator(".msg.success")).to_contain_text("Resume: 2 runs.")
+    for run in runs:
+        settle(worker, run, Status.SUCCEEDED)
+
+
+def test_untrusted_output_never_executes(operator_page, worker):
+    page = operator_page
+    dialogs = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    echoed = settle(worker, Run.objects.start("dashboard_echo", {"payload": XSS}), Status.SUCCEEDED)
+    failed = make_failed_run(input={"prompt": XSS}, output={"html": XSS})
+    Run.objects.filter(pk=failed.pk).update(error_type=XSS, error_message=XSS, current_step=XSS)
+
+    for path in ("/", f"/?q={failed.pk}", f"/runs/{echoed.pk}/", f"/runs/{failed.pk}/"):
+        page.goto(path)
+        page.wait_for_load_state("networkidle")
+        assert page.evaluate("window.__xss") is None, path
+    page.goto(f"/runs/{failed.pk}/")
+    expect(page.locator(".error-box")).to_contain_text('<img src=x onerror="window.__xss=1">')
+    checkpoint = echoed.checkpoints.first()
+    page.goto(f"/runs/{echoed.pk}/checkpoints/{checkpoint.pk}/")
+    expect(page.locator("pre.json")).to_contain_text("<script>window.__xss=1</script>")
+    assert page.evaluate("window.__xss") is None
+    assert dialogs == []
+
+
+def test_viewers_see_no_buttons(page, worker):
+    from tests.browser.conftest import log_in
+    from tests.factories import make_viewer
+
+    make_viewer("vera")
+    run = make_failed_run()
+    log_in(page, "vera")
+    page.goto(f"/runs/{run.pk}/")
+    expect(page.locator("#run-status")).to_have_text("failed")
+    expect(page.locator("form.action")).to_have_count(0)
+    expect(page.get_by_role("button", name="Resume")).to_have_count(0)
+
+
+def test_screenshots_at_phone_width(browser, live_server, worker):
+    factories.make_operator("pat")
+    run = make_failed_run(steps=4, attempts_per_step=1)
+    context = browser.new_context(viewport={"width": 390, "height": 844}, base_url=live_server.url)
+    phone = context.new_page()
+    from tests.browser.conftest import log_in
+
+    log_in(phone, "pat")
+    expect(phone.locator(f"#run-{run.pk}")).to_be_visible()
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+    screenshot(phone, "run-list-phone")
+    phone.goto(f"/runs/{run.pk}/")
+    expect(phone.locator("#run-status")).to_have_text("failed")
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+    screenshot(phone, "run-detail-phone", full_page=True)
+    context.close()
