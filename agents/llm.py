@@ -334,10 +334,18 @@ def parse_json_reply(text: str) -> Any:
 
 
 def estimate_cost(model: str, input_tokens: int, output_tokens: int) -> float | None:
-    """US dollars from the AGENTS_PRICES table, or None for a model without a price."""
-    price = settings.AGENTS_PRICES.get(model)
+    """US dollars from the AGENTS_PRICES table, or None for a model without a price.
+
+    A dated snapshot the provider reports ("gpt-4o-mini-2024-07-18") takes the price of
+    the longest table entry it starts with.
+    """
+    prices = settings.AGENTS_PRICES
+    price = prices.get(model)
     if price is None:
-        return None
+        names = [name for name in prices if model.startswith(name + "-")]
+        if not names:
+            return None
+        price = prices[max(names, key=len)]
     cost = (input_tokens * price["input"] + output_tokens * price["output"]) / 1_000_000
     return round(cost, 8)
 
@@ -390,6 +398,7 @@ def _describe_step(provider: str, reply: ProviderReply, request: LLMRequest, res
     model = reply.model or request["model"]
     info.meta.update(
         kind="llm",
+        label=info.name.partition(":")[2],
         provider=provider,
         model=model,
         request={

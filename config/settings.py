@@ -291,27 +291,30 @@ if AGENTS_LLM_PROVIDER == "anthropic" and not ANTHROPIC_API_KEY:
     raise ImproperlyConfigured("AGENTS_LLM_PROVIDER=anthropic needs ANTHROPIC_API_KEY")
 # Default model per provider, when a workflow names none.
 AGENTS_FAKE_MODEL = os.environ.get("AGENTS_FAKE_MODEL", "fake-1")
-AGENTS_OPENAI_MODEL = os.environ.get("AGENTS_OPENAI_MODEL", "gpt-4o-mini")
-AGENTS_ANTHROPIC_MODEL = os.environ.get("AGENTS_ANTHROPIC_MODEL", "claude-3-5-haiku-latest")
+AGENTS_OPENAI_MODEL = os.environ.get("AGENTS_OPENAI_MODEL", "gpt-5-mini")
+AGENTS_ANTHROPIC_MODEL = os.environ.get("AGENTS_ANTHROPIC_MODEL", "claude-haiku-4-5")
 # Seconds one model request may take; the step's hard timeout is a little longer.
 AGENTS_LLM_TIMEOUT = envfloat("AGENTS_LLM_TIMEOUT", 60.0, minimum=0.1)
 # Attempts per model call (rate limits, timeouts, malformed output); auth errors get one.
 AGENTS_LLM_MAX_ATTEMPTS = envint("AGENTS_LLM_MAX_ATTEMPTS", 5, minimum=1)
 AGENTS_LLM_MAX_TOKENS = envint("AGENTS_LLM_MAX_TOKENS", 1024, minimum=1)
 
-# Estimated cost: US dollars per million input and output tokens, per model.
+# Estimated cost: US dollars per million input and output tokens, per model. A dated
+# snapshot ("gpt-4o-mini-2024-07-18") takes the price of the longest name it starts with.
 # AGENTS_PRICES_JSON='{"my-model": {"input": 1.0, "output": 2.0}}' adds or overrides entries.
 AGENTS_PRICES = {
     "fake-1": {"input": 0.50, "output": 1.50},  # pretend prices, so offline demos show costs
-    "gpt-4o-mini": {"input": 0.15, "output": 0.60},
-    "gpt-4o": {"input": 2.50, "output": 10.00},
+    "gpt-5": {"input": 1.25, "output": 10.00},
+    "gpt-5-mini": {"input": 0.25, "output": 2.00},
+    "gpt-5-nano": {"input": 0.05, "output": 0.40},
     "gpt-4.1": {"input": 2.00, "output": 8.00},
     "gpt-4.1-mini": {"input": 0.40, "output": 1.60},
     "gpt-4.1-nano": {"input": 0.10, "output": 0.40},
-    "claude-3-5-haiku-latest": {"input": 0.80, "output": 4.00},
-    "claude-3-5-sonnet-latest": {"input": 3.00, "output": 15.00},
-    "claude-sonnet-4-0": {"input": 3.00, "output": 15.00},
-    "claude-opus-4-0": {"input": 15.00, "output": 75.00},
+    "gpt-4o": {"input": 2.50, "output": 10.00},
+    "gpt-4o-mini": {"input": 0.15, "output": 0.60},
+    "claude-haiku-4-5": {"input": 1.00, "output": 5.00},
+    "claude-sonnet-4-5": {"input": 3.00, "output": 15.00},
+    "claude-opus-4-5": {"input": 5.00, "output": 25.00},
 }
 
 

@@ -1,0 +1,210 @@
+"""Tokens and cost for the dashboard: per step, per run, per workflow.
+
+Totals come from ProviderCall, one row per request a provider received, failed
+attempts included (a malformed reply was still billed), so they are what the
+providers will charge. Per-step figures come from the step's checkpoint meta,
+written by agents.llm when the call succeeded.
+
+    accounting.totals_for_runs([run.pk for run in page])   # one query
+    accounting.cost_by_workflow()                          # one query, last 24 h
+    accounting.llm_step(checkpoint.meta)                   # no query
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypedDict
+
+from django.db.models import Count, F, Q, Sum
+from django.utils import timezone
+
+from agents.models import ProviderCall
+
+
+class Usage(TypedDict):
+    calls: int  # requests sent to a provider, failed attempts included
+    failed_calls: int
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    cost_usd: float
+    latency_ms: int  # summed over the calls
+
+
+class WorkflowCost(Usage):
+    workflow: str
+    runs: int
+
+
+class ToolCallView(TypedDict):
+    id: str
+    name: str
+    arguments: str  # pretty-printed JSON
+
+
+class Turn(TypedDict):
+    role: str  # system, user, assistant or tool
+    text: str
+    tool_calls: list[ToolCallView]
+    tool_call_id: str
+    tool_name: str
+    is_reply: bool  # the model's answer in this step (the last turn)
+
+
+class LLMStep(TypedDict):
+    provider: str
+    model: str
+    label: str
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    cost_usd: float | None
+    latency_ms: int
+    attempt: int
+    finish_reason: str
+    tools: list[str]
+    conversation: list[Turn]
+
+
+def _usage_aggregates() -> dict[str, Any]:
+    return {
+        "calls": Count("id"),
+        "failed_calls": Count("id", filter=~Q(outcome="ok")),
+        "input_tokens": Sum("input_tokens"),
+        "output_tokens": Sum("output_tokens"),
+        "cost_usd": Sum("cost_usd"),
+        "latency_ms": Sum("latency_ms"),
+    }
+
+
+def _usage(row: dict) -> Usage:
+    input_tokens, output_tokens = row["input_tokens"] or 0, row["output_tokens"] or 0
+    return {
+        "calls": row["calls"],
+        "failed_calls": row["failed_calls"],
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "total_tokens": input_tokens + output_tokens,
+        "cost_usd": round(row["cost_usd"] or 0.0, 8),
+        "latency_ms": row["latency_ms"] or 0,
+    }
+
+
+def totals_for_runs(run_ids: Iterable[int]) -> dict[int, Usage]:
+    """Token and cost totals per run, in one query; runs that made no model call are absent."""
+    ids = list(run_ids)
+    if not ids:
+        return {}
+    rows = (
+        ProviderCall.objects.filter(run_id__in=ids)
+        .values("run_id")
+        .annotate(**_usage_aggregates())
+        .order_by()
+    )
+    return {row["run_id"]: _usage(row) for row in rows}
+
+
+def attach_totals(runs: Sequence[Any], attribute: str = "llm_usage") -> Sequence[Any]:
+    """Set `run.llm_usage` (a Usage, or None) on each run of a page, in one query."""
+    totals = totals_for_runs(run.pk for run in runs)
+    for run in runs:
+        setattr(run, attribute, totals.get(run.pk))
+    return runs
+
+
+def cost_by_workflow(hours: float = 24, now: datetime | None = None) -> list[WorkflowCost]:
+    """Model usage per workflow over the last `hours`, most expensive first, in one query."""
+    since = (now or timezone.now()) - timedelta(hours=hours)
+    rows = (
+        ProviderCall.objects.filter(created_at__gte=since, run__isnull=False)
+        .values(workflow=F("run__workflow"))
+        .annotate(runs=Count("run_id", distinct=True), **_usage_aggregates())
+        .order_by("-cost_usd", "workflow")
+    )
+    return [{"workflow": row["workflow"], "runs": row["runs"], **_usage(row)} for row in rows]
+
+
+# --- one LLM step, for the run page -----------------------------------------------
+
+
+def llm_step(meta: dict | None) -> LLMStep | None:
+    """What the run page shows for a checkpoint written by agents.llm; None for other steps."""
+    if not isinstance(meta, dict) or meta.get("kind") != "llm":
+        return None
+    request = meta.get("request") or {}
+    response = meta.get("response") or {}
+    input_tokens, output_tokens = _int(meta.get("input_tokens")), _int(meta.get("output_tokens"))
+    return {
+        "provider": str(meta.get("provider") or ""),
+        "model": str(meta.get("model") or ""),
+        "label": str(meta.get("label") or ""),
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "total_tokens": input_tokens + output_tokens,
+        "cost_usd": meta.get("cost_usd"),
+        "latency_ms": _int(meta.get("latency_ms")),
+        "attempt": _int(meta.get("attempt")) or 1,
+        "finish_reason": str(response.get("finish_reason") or ""),
+        "tools": [str(name) for name in request.get("tools") or []],
+        "conversation": conversation(meta),
+    }
+
+
+def conversation(meta: dict) -> list[Turn]:
+    """The messages the model was sent, then its reply, as readable turns."""
+    request = meta.get("request") or {}
+    messages = [m for m in request.get("messages") or [] if isinstance(m, dict)]
+    turns = [_turn(message, is_reply=False) for message in messages]
+    response = meta.get("response")
+    if isinstance(response, dict):
+        turns.append(_turn({"role": "assistant", **response}, is_reply=True))
+    return turns
+
+
+def _turn(message: dict, *, is_reply: bool) -> Turn:
+    role = str(message.get("role") or "?")
+    return {
+        "role": role,
+        "text": _readable(message.get("content")) if role == "tool" else _text(message.get("content")),
+        "tool_calls": [
+            {
+                "id": str(call.get("id") or ""),
+                "name": str(call.get("name") or ""),
+                "arguments": _pretty(call.get("arguments")),
+            }
+            for call in message.get("tool_calls") or []
+            if isinstance(call, dict)
+        ],
+        "tool_call_id": str(message.get("tool_call_id") or ""),
+        "tool_name": str(message.get("name") or ""),
+        "is_reply": is_reply,
+    }
+
+
+def _text(content: Any) -> str:
+    if content is None:
+        return ""
+    return content if isinstance(content, str) else _pretty(content)
+
+
+def _readable(content: Any) -> str:
+    """A tool result: JSON text is pretty-printed, anything else shown as it is."""
+    if isinstance(content, str):
+        try:
+            return _pretty(json.loads(content))
+        except ValueError:
+            return content
+    return _text(content)
+
+
+def _pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
