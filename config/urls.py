@@ -5,5 +5,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     # The JSON API (issue 6) mounts itself here.
+    path("api/", include("api.urls")),
+    path("metrics", include("api.metrics_urls")),
     path("", include("runs.urls")),
 ]

@@ -1,0 +1,339 @@
+"""What the API reads and writes. Serializers parse and validate; the Run model acts."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from django.core.validators import RegexValidator
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from runs.models import Run, Signal, Status
+from runs.workflow import UnknownWorkflow, registry
+from steps.models import Attempt, Checkpoint
+
+# JSON nested deeper than this is refused: the database round trip would recurse too far.
+MAX_JSON_DEPTH = 64
+MAX_ID = 2**63 - 1
+
+
+def storable(value: Any) -> None:
+    """Refuse JSON that a database column cannot hold: NUL characters, lone surrogates,
+    non-finite numbers, absurd nesting."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise serializers.ValidationError(f"JSON is nested deeper than {MAX_JSON_DEPTH} levels.")
+        if isinstance(item, str):
+            check_text(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise serializers.ValidationError("Numbers must be finite.")
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                check_text(key)
+                stack.append((child, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+
+
+def check_text(text: str) -> None:
+    if "\x00" in text:
+        raise serializers.ValidationError("Text may not contain NUL (\\u0000) characters.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise serializers.ValidationError("Text must be valid Unicode (no lone surrogates).") from None
+
+
+class Text(serializers.CharField):
+    """A JSON string (not a number turned into one) that the database can store."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("validators", []).append(check_text)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class Integer(serializers.IntegerField):
+    """A JSON integer: not a string of digits, not 2.0, not true."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class AnyJSON(serializers.JSONField):
+    """Any JSON value (null included) that the database can store."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("validators", []).append(storable)
+        kwargs.setdefault("allow_null", True)
+        super().__init__(**kwargs)
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+class AttemptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Attempt
+        fields = [
+            "id",
+            "position",
+            "name",
+            "number",
+            "started_at",
+            "finished_at",
+            "error_type",
+            "error_message",
+            "error_traceback",
+            "superseded_at",
+        ]
+        read_only_fields = fields
+
+
+class CheckpointSerializer(serializers.ModelSerializer):
+    """A step's recorded outcome, with the failed attempts that led to it."""
+
+    idempotency_key = serializers.SerializerMethodField()
+    failed_attempts = AttemptSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Checkpoint
+        fields = [
+            "id",
+            "position",
+            "name",
+            "status",
+            "output",
+            "error_type",
+            "error_message",
+            "error_traceback",
+            "attempts",
+            "epoch",
+            "idempotency_key",
+            "started_at",
+            "finished_at",
+            "superseded_at",
+            "edited_from",
+            "meta",
+            "failed_attempts",
+        ]
+        read_only_fields = fields
+
+    def get_idempotency_key(self, checkpoint: Checkpoint) -> str:
+        return self.context["run"].step_idempotency_key(checkpoint.position, epoch=checkpoint.epoch)
+
+
+class SignalSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Signal
+        fields = ["id", "name", "payload", "sent_by", "created_at", "consumed_at", "consumed_position"]
+        read_only_fields = fields
+
+
+class RunSerializer(serializers.ModelSerializer):
+    """A run as the list shows it."""
+
+    url = serializers.SerializerMethodField()
+    idempotency_key = serializers.CharField(
+        source="dedupe_key",
+        read_only=True,
+        allow_null=True,
+        help_text="The client's key it was started with.",
+    )
+    deployed_version = serializers.SerializerMethodField(
+        help_text="The workflow's code version deployed now; differs from code_version after an upgrade."
+    )
+
+    class Meta:
+        model = Run
+        fields = [
+            "id",
+            "url",
+            "workflow",
+            "status",
+            "input",
+            "queue",
+            "idempotency_key",
+            "code_version",
+            "deployed_version",
+            "steps_done",
+            "current_step",
+            "error_type",
+            "error_message",
+            "error_position",
+            "wait_kind",
+            "wait_signal",
+            "wake_at",
+            "cancel_requested",
+            "recovery_count",
+            "epoch",
+            "parent",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+    def get_url(self, run: Run) -> str:
+        return reverse("api:run-detail", args=[run.pk])
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_deployed_version(self, run: Run) -> str | None:
+        try:
+            return registry.get(run.workflow).version
+        except UnknownWorkflow:
+            return None
+
+
+class RunDetailSerializer(RunSerializer):
+    """A run with its output, steps (superseded ones too), attempts and signals."""
+
+    output = serializers.JSONField(read_only=True, allow_null=True)
+    error_traceback = serializers.CharField(read_only=True)
+    steps = serializers.SerializerMethodField()
+    open_attempts = serializers.SerializerMethodField(
+        help_text="Failed attempts of a step that has no checkpoint yet (waiting to retry)."
+    )
+    signals = serializers.SerializerMethodField()
+
+    class Meta(RunSerializer.Meta):
+        fields = [
+            *RunSerializer.Meta.fields,
+            "output",
+            "error_traceback",
+            "steps",
+            "open_attempts",
+            "signals",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(CheckpointSerializer(many=True))
+    def get_steps(self, run: Run) -> list:
+        return CheckpointSerializer(self.context["history"].checkpoints, many=True, context={"run": run}).data
+
+    @extend_schema_field(AttemptSerializer(many=True))
+    def get_open_attempts(self, run: Run) -> list:
+        return AttemptSerializer(self.context["history"].open_attempts, many=True).data
+
+    @extend_schema_field(SignalSerializer(many=True))
+    def get_signals(self, run: Run) -> list:
+        return SignalSerializer(self.context["history"].signals, many=True).data
+
+
+class RunPageSerializer(serializers.Serializer):
+    results = RunSerializer(many=True)
+    next = serializers.URLField(allow_null=True, help_text="The next (older) page, or null on the last page.")
+
+
+class WorkflowSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    version = serializers.CharField()
+    queue = serializers.CharField(help_text="Empty: the default queue.")
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+
+
+class ActionResultSerializer(serializers.Serializer):
+    detail = serializers.CharField(help_text="What happened, in words.")
+    run = RunSerializer()
+
+
+# --- writing -------------------------------------------------------------------------
+
+
+class RunFilterSerializer(serializers.Serializer):
+    """The run list's filters (the dashboard's), and the keyset cursor."""
+
+    # Blank filters are ignored, as on the dashboard.
+    status = serializers.ChoiceField(choices=Status.choices, required=False, allow_blank=True)
+    workflow = Text(max_length=200, required=False, allow_blank=True)
+    q = Text(
+        max_length=200,
+        required=False,
+        allow_blank=True,
+        help_text="A run id, or text to find in the input JSON.",
+    )
+    started_after = serializers.DateTimeField(required=False, help_text="Runs started at or after this.")
+    started_before = serializers.DateTimeField(required=False, help_text="Runs started before this.")
+    before = serializers.IntegerField(
+        min_value=1, max_value=MAX_ID, required=False, help_text="Cursor: only runs with a smaller id."
+    )
+    limit = serializers.IntegerField(min_value=1, max_value=200, default=50, required=False)
+
+    def to_internal_value(self, data):
+        # DRF reads an empty query value as "not given"; for a date or a number that
+        # hides a client's mistake, so it is refused.
+        blank = [name for name in TYPED_FILTERS if data.get(name) == ""]
+        if blank:
+            raise serializers.ValidationError({name: ["This field may not be blank."] for name in blank})
+        return super().to_internal_value(data)
+
+
+TYPED_FILTERS = ("started_after", "started_before", "before", "limit")
+
+
+queue_name = RegexValidator(
+    r"^[A-Za-z0-9_.:@-]+$", "A queue name is letters, digits and . _ - : @ only.", code="invalid_queue"
+)
+
+
+class StartRunSerializer(serializers.Serializer):
+    workflow = serializers.ChoiceField(choices=[], help_text="A registered workflow's name.")
+    input = AnyJSON(required=False, default=None, help_text="The run's input (any JSON).")
+    idempotency_key = Text(
+        max_length=200,
+        required=False,
+        help_text="Starting again with the same key returns the same run (200 instead of 201).",
+    )
+    queue = Text(
+        max_length=100,
+        required=False,
+        default="",
+        allow_blank=True,
+        validators=[queue_name],
+        help_text="Celery queue; default: the workflow's queue, else the default queue.",
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Read at request time: the schema lists the workflows this deployment has.
+        names = registry.names()
+        field = self.fields["workflow"]
+        field.choices = names
+        known = ", ".join(names) or "none registered"
+        field.error_messages["invalid_choice"] = f"No workflow named {{input!r}} (known: {known})"
+
+
+class ReasonSerializer(serializers.Serializer):
+    reason = Text(
+        max_length=1000, required=False, default="", allow_blank=True, help_text="Kept in the audit log."
+    )
+
+
+class RetrySerializer(ReasonSerializer):
+    from_step = Integer(
+        min_value=0, max_value=2**31 - 1, help_text="Position to re-execute from; later steps run again too."
+    )
+
+
+class SignalRequestSerializer(ReasonSerializer):
+    name = Text(max_length=200)
+    payload = AnyJSON(required=False, default=None)
+
+
+class EditSerializer(ReasonSerializer):
+    position = Integer(min_value=0, max_value=2**31 - 1)
+    output = AnyJSON(help_text="The step's new output; the run then resumes.")

@@ -1,0 +1,21 @@
+from django.urls import path, re_path
+from drf_spectacular.views import SpectacularAPIView
+
+from api import views
+
+app_name = "api"
+
+urlpatterns = [
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("workflows/", views.workflows, name="workflows"),
+    path("runs/", views.runs, name="runs"),
+    path("runs/<int:run_id>/", views.run_detail, name="run-detail"),
+    path("runs/<int:run_id>/export/", views.run_export, name="run-export"),
+    path("runs/<int:run_id>/resume/", views.run_resume, name="run-resume"),
+    path("runs/<int:run_id>/retry/", views.run_retry, name="run-retry"),
+    path("runs/<int:run_id>/cancel/", views.run_cancel, name="run-cancel"),
+    path("runs/<int:run_id>/signal/", views.run_signal, name="run-signal"),
+    path("runs/<int:run_id>/edit/", views.run_edit, name="run-edit"),
+    # Anything else under /api/ is a JSON 404, not the dashboard's HTML page.
+    re_path(r"", views.not_found),
+]

@@ -1,0 +1,344 @@
+"""The JSON API: thin function views over the Run model's operations.
+
+Reading needs `runs.view_run` (or `runs.operate`), starting a run `runs.add_run` (or
+`runs.operate`), and every operator action `runs.operate`. Actions call the same Run
+methods as the dashboard and the command line, which enforce the state machine and
+write the audit entry; a request the run's state does not allow is answered 409 with
+the model's message, and nothing changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.decorators import api_view, permission_classes
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.permissions import SAFE_METHODS, BasePermission
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from api.serializers import (
+    ActionResultSerializer,
+    EditSerializer,
+    ErrorSerializer,
+    ReasonSerializer,
+    RetrySerializer,
+    RunDetailSerializer,
+    RunFilterSerializer,
+    RunPageSerializer,
+    RunSerializer,
+    SignalRequestSerializer,
+    StartRunSerializer,
+    WorkflowSerializer,
+)
+from runs.export import attach_attempts, export_run
+from runs.forms import search_condition
+from runs.models import InvalidOperation, Run, ensure_json
+from runs.workflow import registry
+
+# --- access ----------------------------------------------------------------------------
+
+
+def can_view(user) -> bool:
+    return user.has_perm("runs.view_run") or user.has_perm("runs.operate")
+
+
+def can_start(user) -> bool:
+    return user.has_perm("runs.add_run") or user.has_perm("runs.operate")
+
+
+class CanView(BasePermission):
+    message = "Reading runs needs the runs.view_run permission."
+
+    def has_permission(self, request, view) -> bool:
+        return bool(request.user and request.user.is_authenticated and can_view(request.user))
+
+
+class CanOperate(BasePermission):
+    message = "Operating runs needs the runs.operate permission."
+
+    def has_permission(self, request, view) -> bool:
+        return bool(request.user and request.user.is_authenticated and request.user.has_perm("runs.operate"))
+
+
+class CanViewOrStart(BasePermission):
+    """GET lists runs (view permission); POST starts one (runs.add_run or runs.operate)."""
+
+    def has_permission(self, request, view) -> bool:
+        if not (request.user and request.user.is_authenticated):
+            return False
+        if request.method in SAFE_METHODS:
+            self.message = CanView.message
+            return can_view(request.user)
+        self.message = "Starting runs needs the runs.add_run or runs.operate permission."
+        return can_start(request.user)
+
+
+def exception_handler(exc, context):
+    """DRF's handler, plus: a wrong-state request is a 409 carrying the model's message."""
+    if isinstance(exc, InvalidOperation):
+        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+    return drf_exception_handler(exc, context)
+
+
+def find_run(run_id: int) -> Run:
+    try:
+        return Run.objects.get(pk=run_id)
+    except Run.DoesNotExist:
+        raise NotFound(f"No run with id {run_id}.") from None
+
+
+@csrf_exempt
+def not_found(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"detail": f"No API endpoint at {request.path}."}, status=404)
+
+
+def valid(serializer_class, data) -> dict:
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+# --- schema building blocks ------------------------------------------------------------
+
+ERROR = OpenApiResponse(ErrorSerializer, description="What went wrong, in words.")
+INVALID = OpenApiResponse(
+    OpenApiTypes.OBJECT, description="Invalid JSON or parameters: messages by field, or `detail`."
+)
+READ_ERRORS = {401: ERROR, 403: ERROR}
+RUN_ERRORS = {**READ_ERRORS, 404: ERROR}
+ACTION_ERRORS = {
+    **RUN_ERRORS,
+    400: INVALID,
+    409: OpenApiResponse(ErrorSerializer, description="Wrong state."),
+}
+# --- workflows -------------------------------------------------------------------------
+
+
+@extend_schema(
+    operation_id="workflows_list",
+    summary="Registered workflows",
+    responses={200: WorkflowSerializer(many=True), **READ_ERRORS},
+)
+@api_view(["GET"])
+@permission_classes([CanView])
+def workflows(request: Request) -> Response:
+    rows = []
+    for name in registry.names():
+        definition = registry.get(name)
+        rows.append({"name": name, "version": definition.version, "queue": definition.queue})
+    return Response(WorkflowSerializer(rows, many=True).data)
+
+
+# --- runs ------------------------------------------------------------------------------
+
+
+@extend_schema(
+    methods=["GET"],
+    operation_id="runs_list",
+    summary="List runs, newest first",
+    description="Filters as on the dashboard. Keyset pagination: follow `next`, which passes the "
+    "last id seen as `before`.",
+    parameters=[RunFilterSerializer],
+    responses={200: RunPageSerializer, 400: INVALID, **READ_ERRORS},
+)
+@extend_schema(
+    methods=["POST"],
+    operation_id="runs_start",
+    summary="Start a run",
+    description="201 with the new run; 200 with the existing run when its idempotency key was used "
+    "before; 409 when that key started a run of another workflow or input.",
+    request=StartRunSerializer,
+    responses={201: RunSerializer, 200: RunSerializer, 400: INVALID, 409: ERROR, **READ_ERRORS},
+)
+@api_view(["GET", "POST"])
+@permission_classes([CanViewOrStart])
+def runs(request: Request) -> Response:
+    return start_run(request) if request.method == "POST" else list_runs(request)
+
+
+def list_runs(request: Request) -> Response:
+    filters = valid(RunFilterSerializer, request.query_params)
+    runs = Run.objects.all()
+    for name, lookup in [
+        ("status", "status"),
+        ("workflow", "workflow"),
+        ("started_after", "created_at__gte"),
+        ("started_before", "created_at__lt"),
+        ("before", "pk__lt"),
+    ]:
+        if filters.get(name) not in (None, ""):
+            runs = runs.filter(**{lookup: filters[name]})
+    if filters.get("q", "").strip():
+        runs = runs.filter(search_condition(filters["q"]))
+    limit = filters["limit"]
+    rows = list(runs.defer("output", "error_traceback").order_by("-pk")[: limit + 1])
+    next_url = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        query = [(k, v) for k, v in request.query_params.items() if k != "before"]
+        next_url = request.build_absolute_uri(
+            f"{request.path}?{urlencode([*query, ('before', rows[-1].pk)])}"
+        )
+    return Response({"results": RunSerializer(rows, many=True).data, "next": next_url})
+
+
+def start_run(request: Request) -> Response:
+    data = valid(StartRunSerializer, request.data)
+    key = data.get("idempotency_key") or None
+    try:
+        run, created = Run.objects.start_or_get(
+            data["workflow"], data["input"], queue=data["queue"], by=request.user, dedupe_key=key
+        )
+    except ValueError as exc:
+        raise ValidationError({"input": [str(exc)]}) from None
+    if not created and (run.workflow != data["workflow"] or run.input != ensure_json(data["input"], "input")):
+        return Response(
+            {
+                "detail": f"Idempotency key {key!r} already started run {run.pk} of workflow "
+                f"{run.workflow!r} with a different workflow or input."
+            },
+            status=status.HTTP_409_CONFLICT,
+        )
+    body = RunSerializer(run).data
+    if not created:
+        return Response(body, status=status.HTTP_200_OK)
+    return Response(body, status=status.HTTP_201_CREATED, headers={"Location": body["url"]})
+
+
+@dataclass
+class History:
+    checkpoints: list
+    open_attempts: list
+    signals: list
+
+
+def run_history(run: Run) -> History:
+    checkpoints = list(run.checkpoints.order_by("position", "id"))
+    open_attempts = attach_attempts(checkpoints, run.attempts.order_by("position", "id"))
+    return History(checkpoints, open_attempts, list(run.signals.order_by("id")))
+
+
+@extend_schema(
+    operation_id="runs_retrieve",
+    summary="A run with its steps, attempts and signals",
+    responses={200: RunDetailSerializer, **RUN_ERRORS},
+)
+@api_view(["GET"])
+@permission_classes([CanView])
+def run_detail(request: Request, run_id: int) -> Response:
+    run = find_run(run_id)
+    return Response(RunDetailSerializer(run, context={"history": run_history(run)}).data)
+
+
+@extend_schema(
+    operation_id="runs_export",
+    summary="Export a run as one JSON document",
+    description="Input, every checkpoint (superseded ones too) with its failed attempts, signals, "
+    "workflow name and code version. Replay it locally with `manage.py runs replay FILE`.",
+    responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="The export."), **RUN_ERRORS},
+)
+@api_view(["GET"])
+@permission_classes([CanView])
+def run_export(request: Request, run_id: int) -> Response:
+    run = find_run(run_id)
+    response = Response(export_run(run))
+    response["Content-Disposition"] = f'attachment; filename="run-{run.pk}.json"'
+    return response
+
+
+# --- operator actions ------------------------------------------------------------------
+
+
+def done(message: str, run: Run) -> Response:
+    run.refresh_from_db()
+    return Response({"detail": message, "run": RunSerializer(run).data})
+
+
+ACTION = {200: ActionResultSerializer, **ACTION_ERRORS}
+
+
+@extend_schema(
+    operation_id="runs_resume",
+    summary="Resume a failed or dead-lettered run",
+    request=ReasonSerializer,
+    responses=ACTION,
+)
+@api_view(["POST"])
+@permission_classes([CanOperate])
+def run_resume(request: Request, run_id: int) -> Response:
+    run = find_run(run_id)
+    data = valid(ReasonSerializer, request.data)
+    run.resume(by=request.user, reason=data["reason"])
+    return done(f"Resumed run {run.pk}.", run)
+
+
+@extend_schema(
+    operation_id="runs_retry",
+    summary="Re-execute a run from a step",
+    description="Checkpoints at `from_step` and after are superseded (kept, not deleted); those steps "
+    "run again with new idempotency keys.",
+    request=RetrySerializer,
+    responses=ACTION,
+)
+@api_view(["POST"])
+@permission_classes([CanOperate])
+def run_retry(request: Request, run_id: int) -> Response:
+    run = find_run(run_id)
+    data = valid(RetrySerializer, request.data)
+    run.retry_from(data["from_step"], by=request.user, reason=data["reason"])
+    return done(f"Retrying run {run.pk} from step {data['from_step']}.", run)
+
+
+@extend_schema(
+    operation_id="runs_cancel",
+    summary="Cancel a run (at once, or before its next step)",
+    request=ReasonSerializer,
+    responses=ACTION,
+)
+@api_view(["POST"])
+@permission_classes([CanOperate])
+def run_cancel(request: Request, run_id: int) -> Response:
+    run = find_run(run_id)
+    data = valid(ReasonSerializer, request.data)
+    outcome = run.cancel(by=request.user, reason=data["reason"])
+    return done(f"Run {run.pk}: {outcome}.", run)
+
+
+@extend_schema(
+    operation_id="runs_signal",
+    summary="Send a named signal to a run",
+    description="A run not waiting for it yet keeps it for its next wait of that name.",
+    request=SignalRequestSerializer,
+    responses=ACTION,
+)
+@api_view(["POST"])
+@permission_classes([CanOperate])
+def run_signal(request: Request, run_id: int) -> Response:
+    run = find_run(run_id)
+    data = valid(SignalRequestSerializer, request.data)
+    run.send_signal(data["name"], data["payload"], by=request.user, reason=data["reason"])
+    return done(f"Sent signal {data['name']!r} to run {run.pk}.", run)
+
+
+@extend_schema(
+    operation_id="runs_edit",
+    summary="Replace a step's output, then resume the run",
+    description="The old checkpoint is kept, superseded; the audit entry records before and after.",
+    request=EditSerializer,
+    responses=ACTION,
+)
+@api_view(["POST"])
+@permission_classes([CanOperate])
+def run_edit(request: Request, run_id: int) -> Response:
+    run = find_run(run_id)
+    data = valid(EditSerializer, request.data)
+    run.edit_checkpoint(data["position"], data["output"], by=request.user, reason=data["reason"])
+    return done(f"Replaced the output of step {data['position']} of run {run.pk} and resumed it.", run)
