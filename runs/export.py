@@ -39,7 +39,7 @@ OUTCOMES = {
     "continues": "replays every recorded step; the run would go on from there",
     "diverged": "calls a different step than the one recorded",
     "differs": "replays every recorded step but ends differently",
-    "error": "could not be replayed",
+    "error": "cannot be replayed",
 }
 
 
@@ -430,9 +430,7 @@ def _stopped(report: ReplayReport, ctx: ReplayContext, stop: ReplayStop) -> Repl
     if outcome == "continues" and report.run_status == "succeeded":
         # The recorded run ended here; the code would now go on.
         outcome, expected = "diverged", "(end of run)"
-        message = f"the run finished after {report.recorded_steps} steps, but the code now {message}"
-    elif outcome == "diverged":
-        message = f"diverged {message}"
+        message = f"the run finished after {report.recorded_steps} steps, but the code {message}"
     return _conclude(report, outcome, message, position=stop.position, expected=expected, called=stop.called)
 
 
@@ -446,8 +444,8 @@ def _ended(report: ReplayReport, ctx: ReplayContext, live: list[dict], *, output
         return _conclude(
             report,
             "diverged",
-            f"diverged at position {unused[0]}: the code now {how} there, but the run recorded "
-            f"step {first['name']!r} and {len(unused) - 1} more after it",
+            f"at position {unused[0]} the code now {how}, but the run recorded step {first['name']!r} "
+            f"there ({len(unused)} recorded steps unused)",
             position=unused[0],
             expected=first["name"],
             called="(return)" if raised is None else f"(raise {_error_type(raised)})",

@@ -1,12 +1,19 @@
-"""Operator command line: python manage.py runs <start|list|show|resume|retry|cancel|signal>."""
+"""Operator command line: python manage.py runs <start|list|show|resume|retry|cancel|signal>,
+and for operations: <export|replay|prune>."""
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import json
+import sys
+from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from runs import retention
+from runs.durations import parse_duration
+from runs.export import OUTCOMES, ExportError, export_json, load_export, replay
 from runs.models import InvalidOperation, Run, Status
 from runs.workflow import UnknownWorkflow
 
@@ -16,6 +23,21 @@ def json_argument(text: str):
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise CommandError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}: {text!r}")
+
+
+def duration_argument(text: str):
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
+def prunable_status(text: str) -> str:
+    if text not in retention.PRUNABLE_STATUSES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: only finished runs can be pruned ({', '.join(retention.PRUNABLE_STATUSES)})"
+        )
+    return text
 
 
 class Command(BaseCommand):
@@ -52,6 +74,35 @@ class Command(BaseCommand):
         signal.add_argument("name")
         signal.add_argument("--payload", default="null", help="the signal's payload as JSON")
         signal.add_argument("--reason", default="")
+
+        export = sub.add_parser("export", help="write a run, every checkpoint and attempt, as JSON")
+        export.add_argument("run_id", type=int)
+        export.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of standard output")
+
+        replaying = sub.add_parser(
+            "replay", help="replay an exported run against the current workflow code, without side effects"
+        )
+        replaying.add_argument("file", help="a file written by `runs export` (- reads standard input)")
+
+        prune = sub.add_parser("prune", help="delete finished runs older than a duration, in batches")
+        prune.add_argument(
+            "--older-than",
+            required=True,
+            type=duration_argument,
+            dest="older_than",
+            metavar="DURATION",
+            help="e.g. 30d, 12h, 2w or 1d12h; counted from when the run finished",
+        )
+        prune.add_argument(
+            "--status",
+            action="append",
+            type=prunable_status,
+            dest="statuses",
+            metavar="STATUS",
+            help="only runs that ended so (repeatable; default: succeeded, failed, dead and cancelled)",
+        )
+        prune.add_argument("--batch-size", type=int, default=retention.DEFAULT_BATCH_SIZE, dest="batch_size")
+        prune.add_argument("--dry-run", action="store_true", dest="dry_run", help="count, delete nothing")
 
     def handle(self, *args, action: str, **options) -> None:
         self.actor = f"cli:{getpass.getuser()}"
@@ -137,3 +188,36 @@ class Command(BaseCommand):
         data = json_argument(payload)
         self.get_run(run_id).send_signal(name, data, by=self.actor, reason=reason)
         self.stdout.write(f"sent signal {name!r} to run {run_id}")
+
+    def do_export(self, run_id: int, output: str | None, **_) -> None:
+        text = export_json(self.get_run(run_id))
+        if not output:
+            self.stdout.write(text)
+            return
+        try:
+            Path(output).write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise CommandError(f"cannot write {output}: {exc.strerror or exc}")
+        self.stdout.write(f"exported run {run_id} to {output}")
+
+    def do_replay(self, file: str, **_) -> None:
+        try:
+            document = load_export(sys.stdin if file == "-" else file)
+        except ExportError as exc:
+            raise CommandError(str(exc))
+        report = replay(document)
+        self.stdout.write(str(report))
+        if not report.ok:
+            raise CommandError(f"not safe for this run: the current code {OUTCOMES[report.outcome]}")
+
+    def do_prune(self, older_than, statuses: list[str] | None, batch_size: int, dry_run: bool, **_) -> None:
+        if batch_size < 1:
+            raise CommandError("--batch-size must be at least 1")
+        report = retention.prune(
+            older_than,
+            statuses=statuses or retention.PRUNABLE_STATUSES,
+            batch_size=batch_size,
+            dry_run=dry_run,
+            by=self.actor,
+        )
+        self.stdout.write(str(report))
