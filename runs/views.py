@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
@@ -48,11 +49,13 @@ from runs.forms import (
 )
 from runs.models import AuditEntry, InvalidOperation, Run, Status, WaitKind, WorkerProcess
 from runs.workflow import registry
-from steps.models import Attempt, Checkpoint, CheckpointStatus
+from steps.models import Attempt, Branch, Checkpoint, CheckpointStatus
 
 PAGE_SIZE = 50
 # The live-rows fragment refreshes at most this many rows per poll.
 LIVE_ROWS_LIMIT = 200
+# Child runs listed on a run page.
+CHILDREN_SHOWN = 50
 # Audit entries shown on a run page, newest first.
 AUDIT_SHOWN = 200
 # Step durations for the overview come from at most this many recent checkpoints.
@@ -97,7 +100,10 @@ def check_operator(user) -> None:
 
 def get_run(request: AuthenticatedHttpRequest, run_id: int, *, operate: bool = False) -> Run:
     # Permission first, so that users without access cannot probe which runs exist.
-    check_operator(request.user) if operate else check_viewer(request.user)
+    if operate:
+        check_operator(request.user)
+    else:
+        check_viewer(request.user)
     return get_object_or_404(Run, pk=run_id)
 
 
@@ -147,17 +153,19 @@ def keyset_page(runs: QuerySet[Run], before: int | None, after: int | None) -> R
 
 
 def annotate_typical_steps(runs: list[Run]) -> None:
-    """Give each run its workflow's typical step count, for Run.progress()."""
-    if not any(run.is_active or run.status != Status.SUCCEEDED for run in runs):
-        return
+    """Give each run its workflow's typical step count (recent successes), for Run.progress()."""
+    if all(run.status == Status.SUCCEEDED for run in runs):
+        return  # a success is always 100%
     recent = (
         Run.objects.filter(status=Status.SUCCEEDED)
         .order_by("-pk")
         .values_list("workflow", "steps_done")[:TYPICAL_SAMPLE]
     )
-    typical: dict[str, int] = {}
+    counts: dict[str, list[int]] = defaultdict(list)
     for workflow, steps in recent:
-        typical.setdefault(workflow, steps)
+        counts[workflow].append(steps)
+    # The median of recent successes: one unusually long run does not skew every bar.
+    typical = {workflow: sorted(steps)[len(steps) // 2] for workflow, steps in counts.items()}
     for run in runs:
         run.typical_steps = typical.get(run.workflow)
 
@@ -322,6 +330,7 @@ class StepRow:
     checkpoint: Checkpoint | None = None  # the live checkpoint, if the step has one
     superseded: list[Checkpoint] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
+    branches: list[Branch] = field(default_factory=list)  # calls of a parallel group here
 
     @property
     def all_checkpoints(self) -> list[Checkpoint]:
@@ -333,6 +342,8 @@ class StepRow:
             return self.checkpoint.status
         if any(attempt.superseded_at is None for attempt in self.attempts):
             return "retrying"
+        if any(branch.superseded_at is None for branch in self.branches):
+            return "running"
         return "superseded"
 
     @property
@@ -340,7 +351,9 @@ class StepRow:
         return sum(1 for attempt in self.attempts if attempt.superseded_at is None)
 
 
-def step_rows(checkpoints: list[Checkpoint], attempts: list[Attempt]) -> list[StepRow]:
+def step_rows(
+    checkpoints: list[Checkpoint], attempts: list[Attempt], branches: list[Branch] = ()
+) -> list[StepRow]:
     rows: dict[int, StepRow] = {}
     for checkpoint in checkpoints:
         row = rows.setdefault(checkpoint.position, StepRow(checkpoint.position, checkpoint.name))
@@ -351,6 +364,8 @@ def step_rows(checkpoints: list[Checkpoint], attempts: list[Attempt]) -> list[St
             row.superseded.append(checkpoint)
     for attempt in attempts:
         rows.setdefault(attempt.position, StepRow(attempt.position, attempt.name)).attempts.append(attempt)
+    for branch in branches:
+        rows.setdefault(branch.position, StepRow(branch.position, "parallel")).branches.append(branch)
     return [rows[position] for position in sorted(rows)]
 
 
@@ -360,10 +375,14 @@ def version(run: Run) -> str:
 
 
 def worker_state(run: Run) -> dict[str, Any] | None:
+    """Who holds the run's lease, and whether that worker still proves it is alive."""
     if not run.lease_owner:
         return None
     process = WorkerProcess.objects.filter(name=run.lease_owner).first()
-    return {"name": run.lease_owner, "heartbeat_at": process.heartbeat_at if process else None}
+    heartbeat = process.heartbeat_at if process else None
+    lapse = timedelta(seconds=settings.DURABLE_LEASE_TIMEOUT)
+    alive = heartbeat is not None and timezone.now() - heartbeat <= lapse
+    return {"name": run.lease_owner, "heartbeat_at": heartbeat, "alive": alive}
 
 
 def signal_form_for(run: Run, data=None) -> SignalForm:
@@ -373,7 +392,8 @@ def signal_form_for(run: Run, data=None) -> SignalForm:
 def detail_context(request: AuthenticatedHttpRequest, run: Run, **extra) -> dict[str, Any]:
     checkpoints = list(run.checkpoints.order_by("position", "id"))
     attempts = list(run.attempts.order_by("position", "number", "id"))
-    steps = step_rows(checkpoints, attempts)
+    branches = list(run.branches.defer("args", "kwargs").order_by("position", "index", "id"))
+    steps = step_rows(checkpoints, attempts, branches)
     waiting_for_signal = run.status == Status.WAITING and run.wait_kind == WaitKind.SIGNAL
     context = {
         "run": run,
@@ -382,6 +402,7 @@ def detail_context(request: AuthenticatedHttpRequest, run: Run, **extra) -> dict
         "output_cap": max(2_000, min(20_000, INLINE_OUTPUT_BUDGET // max(len(steps), 1))),
         "audit": list(run.audit_entries.order_by("-id")[:AUDIT_SHOWN]),
         "signals": list(run.signals.order_by("-id")[:20]),
+        "children": list(run.children.defer(*LIST_DEFERRED, "input").order_by("id")[:CHILDREN_SHOWN]),
         "worker": worker_state(run),
         "version": version(run),
         "signal_form": signal_form_for(run),
@@ -492,7 +513,7 @@ def perform(
     if not form.is_valid():
         return (on_invalid or (lambda f: invalid_reason(request, run, f)))(form)
     if request.POST.get("confirmed") != "yes":
-        return confirm_page(request, run, question)
+        return confirm_page(request, run, question, verb=question.split(" ", 1)[0].lower())
     try:
         done = operation(form.cleaned_data)
     except InvalidOperation as exc:
@@ -642,7 +663,7 @@ def bulk_confirmation(request, form: BulkForm, targets: QuerySet[Run], back: str
         "eligible": min(eligible, BULK_LIMIT),
         "over_limit": eligible > BULK_LIMIT,
         "skipped": max(chosen - eligible, 0),
-        "statuses": ", ".join(Status(status).label for status in statuses),
+        "statuses": " or ".join(Status(status).label for status in statuses),
         "back": back,
         "scope": form.cleaned_data["scope"],
     }

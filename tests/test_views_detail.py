@@ -9,10 +9,10 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from runs.models import AuditEntry, Run, Signal, Status, WaitKind
+from runs.models import AuditEntry, Run, Signal, Status, WaitKind, WorkerProcess
 from runs.templatetags.dashboard import JSON_CAP, build_timeline, duration, json_block
 from runs.views import StepRow, step_rows
-from steps.models import Attempt, Checkpoint, CheckpointStatus
+from steps.models import Attempt, Branch, Checkpoint, CheckpointStatus
 from tests.factories import make_failed_run, make_operator, make_run, make_viewer, make_waiting_run
 
 pytestmark = pytest.mark.django_db
@@ -310,8 +310,8 @@ def test_a_thousand_step_run_stays_fast(viewer_client, django_assert_max_num_que
     )
     Run.objects.filter(pk=run.pk).update(steps_done=1000)
     started = time.monotonic()
-    # session, user, permissions (2), run, checkpoints, attempts, audit, signals
-    with django_assert_max_num_queries(9):
+    # session, user, permissions (2), run, checkpoints, attempts, branches, audit, signals, children
+    with django_assert_max_num_queries(11):
         html = page(viewer_client, run)
     assert time.monotonic() - started < 5
     assert html.count('class="step st-succeeded"') == 1000
@@ -383,3 +383,63 @@ def test_durations_read_well(seconds, text):
     assert duration(seconds) == text
     assert duration(timedelta(seconds=seconds)) == text
     assert duration(None) == "–"
+
+
+def test_it_shows_parallel_branches(viewer_client):
+    run = make_run(Status.WAITING, 1, wait_kind="branches")
+    now = timezone.now()
+    common = {
+        "run": run,
+        "position": 1,
+        "name": "fetch_page",
+        "target": "agents.tools:fetch",
+        "started_at": now,
+    }
+    Branch.objects.create(
+        **common,
+        index=0,
+        status="succeeded",
+        output={"ok": 1},
+        attempts=1,
+        finished_at=now + timedelta(seconds=2),
+    )
+    Branch.objects.create(
+        **common, index=1, status="failed", error_type="TimeoutError", error_message="slow", finished_at=now
+    )
+    Branch.objects.create(**common, index=2, status="running")
+    html = page(viewer_client, run)
+    assert 'id="step-1" class="step st-running"' in html
+    assert '<table class="compact branches">' in html
+    assert "2.0 s" in html
+    assert "TimeoutError" in html
+    assert html.count("fetch_page") >= 3
+    assert 'class="bar tl-running"' in html
+
+
+def test_it_links_parent_and_child_runs(viewer_client):
+    parent = make_run(Status.WAITING, 1)
+    child = make_failed_run(parent=parent, parent_position=0)
+    assert f'<a href="/runs/{child.pk}/">#{child.pk} arithmetic</a>' in page(viewer_client, parent)
+    assert f'<a href="/runs/{parent.pk}/">#{parent.pk}</a>' in page(viewer_client, child)
+
+
+def test_it_says_whether_the_lease_holder_is_alive(viewer_client):
+    run = make_run(Status.RUNNING, 1, lease_owner="w1@host:1")
+    assert '<span class="tag bad">lapsed</span>' in page(viewer_client, run)
+    WorkerProcess.objects.create(name="w1@host:1", hostname="host", pid=1)
+    assert '<span class="tag ok">alive</span>' in page(viewer_client, run)
+
+
+def test_branches_and_children_keep_the_query_count_constant(viewer_client):
+    def with_extras(branches: int, children: int) -> Run:
+        run = make_run(Status.WAITING, 2)
+        now = timezone.now()
+        for index in range(branches):
+            Branch.objects.create(run=run, position=2, index=index, name="b", target="m:f", started_at=now)
+        for _ in range(children):
+            make_run(parent=run, parent_position=1)
+        return run
+
+    assert count_queries(viewer_client, with_extras(1, 1)) == count_queries(
+        viewer_client, with_extras(20, 12)
+    )

@@ -58,7 +58,7 @@ def test_it_lists_a_failed_run_with_its_cause(viewer_client):
     assert "step_2" in html
 
 
-def test_it_shows_progress_against_the_workflows_latest_success(viewer_client):
+def test_it_shows_progress_against_the_workflows_recent_successes(viewer_client):
     make_run(Status.SUCCEEDED, 4, workflow="counter")
     running = make_run(Status.RUNNING, 1, workflow="counter", lease_owner="w1")
     response = viewer_client.get("/")

@@ -55,6 +55,14 @@ def duration(value) -> str:
 
 
 @register.filter
+def timeuntil_seconds(end: datetime | None, start: datetime | None) -> float | None:
+    """Seconds from start to end, for `duration`: {{ finished|timeuntil_seconds:started|duration }}."""
+    if end is None or start is None:
+        return None
+    return (end - start).total_seconds()
+
+
+@register.filter
 def ago(moment: datetime | None) -> str:
     if moment is None:
         return "–"
@@ -131,7 +139,7 @@ class Bar:
     y: float
     width: float
     height: float
-    kind: str  # "succeeded", "failed" (checkpoints) or "attempt" (a failed attempt)
+    kind: str  # a checkpoint's or branch's status, or "attempt" (a failed attempt)
     superseded: bool
     title: str
 
@@ -164,8 +172,9 @@ MIN_BAR = 4.0
 
 
 class _Scale:
-    def __init__(self, start: datetime, end: datetime, left: float):
+    def __init__(self, start: datetime, end: datetime, left: float, now: datetime):
         self.start = start
+        self.now = now
         self.left = left
         self.span = CHART_WIDTH - left - 10
         self.seconds = max((end - start).total_seconds(), 0.001)
@@ -200,6 +209,13 @@ def _lane(step, index: int, row: float, scale: _Scale) -> Lane:
         what = f"attempt {attempt.number} failed: {attempt.error_type}"
         superseded = bool(attempt.superseded_at)
         lane.bars.append(bar(attempt.started_at, attempt.finished_at, "attempt", superseded, what))
+    for branch in step.branches:
+        if branch.started_at is None:
+            continue
+        what = f"branch {branch.index} {branch.name}: {branch.status}"
+        finished = branch.finished_at or scale.now
+        kind = branch.status if branch.status in ("succeeded", "failed") else "running"
+        lane.bars.append(bar(branch.started_at, finished, kind, bool(branch.superseded_at), what))
     for cp in step.all_checkpoints:
         what = cp.status + (" (superseded)" if cp.superseded_at else "")
         lane.bars.append(bar(cp.started_at, cp.finished_at, cp.status, bool(cp.superseded_at), what))
@@ -211,6 +227,7 @@ def build_timeline(run, steps, now: datetime | None = None) -> Timeline | None:
     now = now or timezone.now()
     spans = [(c.started_at, c.finished_at) for s in steps for c in s.all_checkpoints]
     spans += [(a.started_at, a.finished_at) for s in steps for a in s.attempts]
+    spans += [(b.started_at, b.finished_at or now) for s in steps for b in s.branches if b.started_at]
     if not spans:
         return None
     start = min(begin for begin, _ in spans)
@@ -219,7 +236,7 @@ def build_timeline(run, steps, now: datetime | None = None) -> Timeline | None:
         end = max(end, now)
     row = min(18.0, MAX_LANES_HEIGHT / len(steps))
     show_labels = row >= 10
-    scale = _Scale(start, end, left=190 if show_labels else 60)
+    scale = _Scale(start, end, left=190 if show_labels else 60, now=now)
     height = round(AXIS_HEIGHT + len(steps) * row + 2, 2)
     edges = []
     if not show_labels:
