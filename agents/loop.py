@@ -63,8 +63,10 @@ def run_agent(
         if not reply["tool_calls"]:
             return _result(answer, "final", model_calls, tool_calls, conversation)
         for call in reply["tool_calls"]:
-            if model_calls + tool_calls >= max_steps:
-                result: Any = {"error": "step budget exhausted before this tool call"}
+            if call["name"] not in toolbox.REGISTRY:
+                result: Any = {"error": f"there is no tool named {call['name']!r}"}
+            elif model_calls + tool_calls >= max_steps:
+                result = {"error": "step budget exhausted before this tool call"}
             else:
                 tool_calls += 1
                 result = _call_tool(ctx, call, report_tool_errors)
@@ -77,8 +79,6 @@ def _specs(names: Sequence[str]) -> list[llm.ToolSpec]:
 
 
 def _call_tool(ctx, call: dict, report_errors: bool) -> Any:
-    if call["name"] not in toolbox.REGISTRY:
-        return {"error": f"there is no tool named {call['name']!r}"}
     try:
         return toolbox.call(ctx, call["name"], call["arguments"], call_id=call["id"])
     except StepFailed as failure:
