@@ -18,13 +18,15 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import wraps
 from typing import Any
 from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import login_required as django_login_required
 from django.contrib.auth.models import User
+from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, QuerySet
 from django.db.models.functions import TruncHour
@@ -34,7 +36,13 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import HttpResponseLocation, HttpResponseStopPolling, reswap, retarget
+from django_htmx.http import (
+    HttpResponseClientRedirect,
+    HttpResponseLocation,
+    HttpResponseStopPolling,
+    reswap,
+    retarget,
+)
 from django_htmx.middleware import HtmxDetails
 
 from runs.forms import (
@@ -54,6 +62,8 @@ from steps.models import Attempt, Branch, Checkpoint, CheckpointStatus
 PAGE_SIZE = 50
 # The live-rows fragment refreshes at most this many rows per poll.
 LIVE_ROWS_LIMIT = 200
+# Runs with more steps than this refresh their page every 10 s instead of 2 s.
+LONG_RUN_STEPS = 200
 # Child runs listed on a run page.
 CHILDREN_SHOWN = 50
 # Audit entries shown on a run page, newest first.
@@ -105,6 +115,21 @@ def get_run(request: AuthenticatedHttpRequest, run_id: int, *, operate: bool = F
     else:
         check_viewer(request.user)
     return get_object_or_404(Run, pk=run_id)
+
+
+def login_required(view):
+    """Django's login_required, except that an htmx request (a poll, an action) whose
+    session has expired sends the whole page to the login form, not a fragment."""
+    guarded = django_login_required(view)
+
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if request.htmx and not request.user.is_authenticated:
+            back = request.htmx.current_url_abs_path or request.get_full_path()
+            return HttpResponseClientRedirect(redirect_to_login(back).url)
+        return guarded(request, *args, **kwargs)
+
+    return wrapper
 
 
 def wants_fragment(request: AuthenticatedHttpRequest, target: str) -> bool:
@@ -405,6 +430,8 @@ def detail_context(request: AuthenticatedHttpRequest, run: Run, **extra) -> dict
         "children": list(run.children.defer(*LIST_DEFERRED, "input").order_by("id")[:CHILDREN_SHOWN]),
         "worker": worker_state(run),
         "version": version(run),
+        # A long run's page is heavy to redraw: it refreshes less often.
+        "poll_every": "2s" if len(steps) <= LONG_RUN_STEPS else "10s",
         "signal_form": signal_form_for(run),
         "waiting_for_signal": waiting_for_signal,
         "approve_payload": json.dumps({"approved": True, "by": request.user.get_username()}),

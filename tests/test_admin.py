@@ -59,6 +59,7 @@ def test_every_changelist_opens(admin_client, model):
     WorkerProcess.objects.create(name="w1", hostname="h", pid=1)
     assert admin_client.get(f"/admin/{model}/").status_code == 200
     assert admin_client.get(f"/admin/{model}/?q={run.pk}").status_code == 200
+    assert admin_client.get(f"/admin/{model}/?q=not-a-number").status_code == 200
 
 
 def test_run_changelist_filters_by_status(admin_client):

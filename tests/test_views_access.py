@@ -73,3 +73,14 @@ def test_a_wrong_password_is_reported(client):
 def test_viewers_and_operators_are_labelled(client):
     client.force_login(make_operator("olga"))
     assert "olga <small>operator</small>" in client.get("/").content.decode()
+
+
+def test_an_expired_session_sends_htmx_to_the_login_page(client):
+    run = make_failed_run()
+    response = client.get(
+        reverse("run_live", args=[run.pk]),
+        HTTP_HX_REQUEST="true",
+        HTTP_HX_CURRENT_URL=f"http://testserver/runs/{run.pk}/",
+    )
+    assert response.status_code == 200
+    assert response["HX-Redirect"] == f"/accounts/login/?next=/runs/{run.pk}/"
