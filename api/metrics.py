@@ -24,6 +24,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from runs.models import AuditEntry, Run, Status, WorkerProcess
 from steps.models import Attempt, Checkpoint, CheckpointStatus
@@ -166,7 +167,9 @@ class DatabaseCollector:
             labels=labels,
         )
         failed = CounterMetricFamily(
-            "durable_steps_failed", "Steps that failed for good (retries exhausted or non-retryable).", labels
+            "durable_steps_failed",
+            "Steps that failed for good (retries exhausted or non-retryable).",
+            labels=labels,
         )
         durations = HistogramMetricFamily(
             "durable_step_duration_seconds", "Duration of the successful attempt of each step.", labels=labels
@@ -186,7 +189,7 @@ class DatabaseCollector:
                 failed.add_metric(list(key), row["n"])
                 continue
             completed.add_metric(list(key), row["n"])
-            cumulative = [(str(bound), row[f"le_{i}"]) for i, bound in enumerate(BUCKETS)]
+            cumulative = [(floatToGoString(bound), row[f"le_{i}"]) for i, bound in enumerate(BUCKETS)]
             seconds = row["seconds"].total_seconds() if row["seconds"] is not None else 0.0
             durations.add_metric(list(key), [*cumulative, ("+Inf", row["n"])], seconds)
         for token_key, family in usage.items():
