@@ -1,4 +1,4 @@
-"""Django admin for checkpoints and failed attempts: history, read-only.
+"""Django admin for checkpoints, failed attempts and parallel branches: history, read-only.
 
 The one edit allowed is a live checkpoint's output while its run is failed or
 dead-lettered, and it goes through Run.edit_checkpoint: the old checkpoint is
@@ -15,7 +15,7 @@ from django.utils.html import format_html
 
 from runs.admin import StrictJSONField
 from runs.models import InvalidOperation
-from steps.models import Attempt, Checkpoint
+from steps.models import Attempt, Branch, Checkpoint
 
 
 class LiveListFilter(admin.SimpleListFilter):
@@ -133,6 +133,40 @@ class CheckpointAdmin(RunLink, admin.ModelAdmin):
 class AttemptAdmin(RunLink, admin.ModelAdmin):
     list_display = ("id", "run_link", "position", "name", "number", "error_type", "finished_at", "live")
     list_filter = (LiveListFilter, "finished_at")
+    search_fields = ("=run__id", "name", "error_type")
+    show_full_result_count = False
+    list_per_page = 100
+
+    @admin.display(boolean=True, description="live")
+    def live(self, obj) -> bool:
+        return obj.superseded_at is None
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Branch)
+class BranchAdmin(RunLink, admin.ModelAdmin):
+    """Calls of parallel groups; the engine owns their state, so the admin only shows them."""
+
+    list_display = (
+        "id",
+        "run_link",
+        "position",
+        "index",
+        "name",
+        "status",
+        "attempts",
+        "finished_at",
+        "live",
+    )
+    list_filter = ("status", LiveListFilter)
     search_fields = ("=run__id", "name", "error_type")
     show_full_result_count = False
     list_per_page = 100

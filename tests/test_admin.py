@@ -7,7 +7,7 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from runs.models import AuditEntry, Run, Signal, Status, WorkerProcess
-from steps.models import Attempt, Checkpoint
+from steps.models import Attempt, Branch, Checkpoint
 from tests.factories import make_failed_run, make_operator, make_run, make_user, make_waiting_run
 
 pytestmark = pytest.mark.django_db
@@ -50,13 +50,22 @@ def change_data(run: Run, **changes) -> dict:
 
 @pytest.mark.parametrize(
     "model",
-    ["runs/run", "runs/signal", "runs/auditentry", "runs/workerprocess", "steps/checkpoint", "steps/attempt"],
+    [
+        "runs/run",
+        "runs/signal",
+        "runs/auditentry",
+        "runs/workerprocess",
+        "steps/checkpoint",
+        "steps/attempt",
+        "steps/branch",
+    ],
 )
 def test_every_changelist_opens(admin_client, model):
     run = make_failed_run(attempts_per_step=1)
     Signal.objects.create(run=run, name="approve")
     AuditEntry.record(run, "resume", "alice")
     WorkerProcess.objects.create(name="w1", hostname="h", pid=1)
+    Branch.objects.create(run=run, position=3, index=0, name="fetch", target="m:f")
     assert admin_client.get(f"/admin/{model}/").status_code == 200
     assert admin_client.get(f"/admin/{model}/?q={run.pk}").status_code == 200
     assert admin_client.get(f"/admin/{model}/?q=not-a-number").status_code == 200
