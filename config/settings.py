@@ -116,6 +116,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "runs",
     "steps",
+    "harness",
     "agents",
     "api",
 ]
@@ -211,6 +212,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("DURABLE_QUEUE", "durable")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# How long the pool waits for a result from a child that died before it reports the
+# loss (default 10 s). Results are not used here, and the report is what recovers the
+# child's run at once (runs.tasks.recover_after_lost_child).
+CELERY_WORKER_LOST_WAIT = 0.2
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # --- Durable runtime ----------------------------------------------------------
