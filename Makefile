@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DJANGO_SETTINGS_MODULE := config.settings
 
-.PHONY: run test lint format venv clean
+.PHONY: run test bench chaos lint format venv clean
 
 $(BIN)/activate-installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,7 @@ venv: $(BIN)/activate-installed
 run: venv
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	$(BIN)/python manage.py seed_demo
 	$(BIN)/python manage.py welcome
 	$(BIN)/honcho --procfile Procfile.dev start
 
@@ -25,6 +26,17 @@ test: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+# Speed and memory figures as ratios against baselines measured in the same run;
+# they are added to docs/benchmarks.md.
+bench: venv
+	$(BIN)/python manage.py migrate --noinput --verbosity 0
+	$(BIN)/python manage.py bench --record --json var/bench.json
+
+# Kill workers, wipe the broker, then check from the database that nothing was lost.
+chaos: venv
+	$(BIN)/python manage.py migrate --noinput --verbosity 0
+	$(BIN)/python manage.py chaos --json var/chaos.json
 
 lint: venv
 	$(BIN)/ruff check .
