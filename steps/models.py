@@ -64,11 +64,12 @@ class Checkpoint(models.Model):
             ),
         ]
         indexes = [
-            # Run page and replay: a run's checkpoints in position order.
-            models.Index(fields=["run", "position"], name="checkpoint_run_position"),
             # Overview: step durations by step name over a time window.
             models.Index(fields=["finished_at"], name="checkpoint_finished_at"),
         ]
+        # Replay reads a run's live checkpoints through the unique index above, and the
+        # run page all of them through the foreign key's index on run_id. A third index
+        # on (run, position) would cost each checkpoint ~28 bytes for nothing.
 
     def __str__(self) -> str:
         return f"run {self.run_id} step {self.position} {self.name} ({self.status})"
