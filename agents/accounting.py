@@ -130,8 +130,14 @@ def cost_by_workflow(hours: float = 24, now: datetime | None = None) -> list[Wor
 
 
 def llm_step(meta: dict | None) -> LLMStep | None:
-    """What the run page shows for a checkpoint written by agents.llm; None for other steps."""
-    if not isinstance(meta, dict) or meta.get("kind") != "llm":
+    """What the run page shows for a model call's checkpoint; None for other steps.
+
+    Steps written by agents.llm have `kind: "llm"` and a conversation; any other step
+    that reports a model and token counts on its meta gets the figures without one.
+    """
+    if not isinstance(meta, dict):
+        return None
+    if meta.get("kind") != "llm" and not ("model" in meta and "input_tokens" in meta):
         return None
     request = meta.get("request") or {}
     response = meta.get("response") or {}

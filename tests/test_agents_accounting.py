@@ -138,6 +138,16 @@ def test_it_renders_tokens_cost_latency_and_an_escaped_conversation(doorbells):
     assert "conversation: 3 messages, finished: stop" in html
 
 
+def test_it_shows_the_figures_of_any_step_that_reports_a_model_and_tokens():
+    checkpoint = Checkpoint(
+        meta={"model": "fake-1", "input_tokens": 1200, "output_tokens": 3, "cost_usd": 0.02}
+    )
+    html = render("{% llm_step checkpoint %}", checkpoint=checkpoint)
+    assert "1,200 in / 3 out tokens" in html
+    assert "$0.02" in html
+    assert "conversation" not in html
+
+
 def test_it_renders_nothing_for_a_step_that_is_not_an_llm_call():
     checkpoint = Checkpoint(meta={"kind": "tool", "tool": "x"})
     assert render("{% llm_step checkpoint %}", checkpoint=checkpoint).strip() == ""
