@@ -27,6 +27,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required as django_login_required
 from django.contrib.auth.models import User
 from django.contrib.auth.views import redirect_to_login
+from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, QuerySet
 from django.db.models.functions import TruncHour
@@ -68,6 +69,9 @@ LONG_RUN_STEPS = 200
 CHILDREN_SHOWN = 50
 # Audit entries shown on a run page, newest first.
 AUDIT_SHOWN = 200
+# The overview scans a day of runs; every viewer shares one result for this long.
+OVERVIEW_CACHE_SECONDS = 30
+OVERVIEW_CACHE_KEY = "dashboard:overview"
 # Step durations for the overview come from at most this many recent checkpoints.
 STEP_SAMPLE = 20_000
 # Runs whose step count serves as their workflow's typical length (progress bars).
@@ -240,7 +244,6 @@ def run_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     context = list_context(RunFilterForm(request.GET))
     if wants_fragment(request, "results"):
         return render(request, "runs/list.html#results", context)
-    context["overview"] = overview()
     return render(request, "runs/list.html", context)
 
 
@@ -316,6 +319,17 @@ def hourly_outcomes(first_hour: datetime) -> list[dict[str, Any]]:
         if 0 <= index < 24:
             hours[index][status] = hours[index].get(status, 0) + count
     return hours
+
+
+@require_GET
+@login_required
+def run_overview(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """The last 24 hours in numbers: a fragment the run list loads, or a page of its own."""
+    check_viewer(request.user)
+    context = {"overview": cache.get_or_set(OVERVIEW_CACHE_KEY, overview, OVERVIEW_CACHE_SECONDS)}
+    if request.htmx and not request.htmx.history_restore_request:
+        return render(request, "runs/overview.html#overview", context)
+    return render(request, "runs/overview.html", context)
 
 
 def overview(now: datetime | None = None) -> dict[str, Any]:

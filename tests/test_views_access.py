@@ -12,6 +12,7 @@ def pages(run) -> list[str]:
     checkpoint = run.checkpoints.first()
     return [
         reverse("run_list"),
+        reverse("run_overview"),
         reverse("run_rows") + f"?ids={run.pk}",
         reverse("run_detail", args=[run.pk]),
         reverse("run_live", args=[run.pk]),

@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 import pytest
+from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -15,6 +16,11 @@ from tests.factories import make_failed_run, make_operator, make_run, make_viewe
 pytestmark = pytest.mark.django_db
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_overview():
+    cache.delete(views.OVERVIEW_CACHE_KEY)  # the overview is cached between requests
 
 
 @pytest.fixture
@@ -215,7 +221,7 @@ def test_links_work_with_and_without_javascript(viewer_client):
 
 def test_it_polls_only_while_a_run_on_the_page_is_active(viewer_client):
     make_run(Status.SUCCEEDED)
-    assert "hx-trigger=" not in viewer_client.get("/").content.decode()
+    assert 'hx-trigger="every 2s"' not in viewer_client.get("/").content.decode()
     active = make_run(Status.RUNNING, lease_owner="w1")
     html = viewer_client.get("/").content.decode()
     assert f'hx-get="/runs/rows/?ids={active.pk}" hx-trigger="every 2s"' in html
@@ -265,8 +271,8 @@ def test_it_issues_the_same_number_of_queries_for_any_number_of_rows(viewer_clie
 def test_its_query_count_stays_small(viewer_client, django_assert_max_num_queries):
     for index in range(30):
         make_run([Status.SUCCEEDED, Status.FAILED, Status.RUNNING][index % 3], 2)
-    # session, user, permissions (2), counts, page, typical steps, overview (3)
-    with django_assert_max_num_queries(12):
+    # session, user, permissions (2), counts, page, typical steps
+    with django_assert_max_num_queries(7):
         viewer_client.get("/")
 
 
@@ -320,6 +326,37 @@ def test_live_rows_use_a_constant_number_of_queries(viewer_client):
 # --- overview ------------------------------------------------------------------------
 
 
+def overview_of(client) -> dict:
+    return client.get(reverse("run_overview")).context["overview"]
+
+
+def test_the_list_loads_the_overview_after_itself(viewer_client):
+    html = viewer_client.get("/").content.decode()
+    assert 'hx-get="/overview/" hx-trigger="load"' in html
+    assert '<noscript><a href="/overview/">' in html
+
+
+def test_the_overview_is_a_fragment_for_htmx_and_a_page_without(viewer_client):
+    fragment = viewer_client.get(reverse("run_overview"), **HTMX).content.decode()
+    assert fragment.lstrip().startswith('<section id="overview" class="overview"')
+    assert 'hx-trigger="every 60s"' in fragment
+    assert "<html" in viewer_client.get(reverse("run_overview")).content.decode()
+
+
+def test_the_overview_is_cached_briefly(viewer_client):
+    viewer_client.get(reverse("run_overview"), **HTMX)
+    with CaptureQueriesContext(connection) as queries:
+        viewer_client.get(reverse("run_overview"), **HTMX)
+    assert not any("runs_run" in query["sql"] for query in queries.captured_queries)
+
+
+def test_the_overview_needs_view_permission(client):
+    from tests.factories import make_user
+
+    client.force_login(make_user("nobody"))
+    assert client.get(reverse("run_overview")).status_code == 403
+
+
 def test_the_overview_counts_the_last_day(viewer_client):
     make_run(Status.SUCCEEDED, 2)
     make_run(Status.SUCCEEDED, 2)
@@ -327,7 +364,7 @@ def test_the_overview_counts_the_last_day(viewer_client):
     dead = make_run(Status.DEAD, 1, recovery_count=6)
     make_run(Status.FAILED, 0, created_ago=timedelta(days=3))  # outside the window
     AuditEntry.record(dead, "recover", None, reason="lease lapsed")
-    overview = viewer_client.get("/").context["overview"]
+    overview = overview_of(viewer_client)
     assert overview["started"] == 4
     assert overview["failed"] == 2
     assert overview["failure_rate"] == pytest.approx(0.5)
@@ -338,7 +375,7 @@ def test_the_overview_counts_the_last_day(viewer_client):
 def test_the_overview_reports_step_duration_percentiles(viewer_client):
     make_run(Status.SUCCEEDED, 3)
     make_run(Status.SUCCEEDED, 3)
-    steps = {row["name"]: row for row in viewer_client.get("/").context["overview"]["steps"]}
+    steps = {row["name"]: row for row in overview_of(viewer_client)["steps"]}
     assert steps["step_0"]["count"] == 2
     assert steps["step_0"]["p50"] == pytest.approx(0.5)
     assert steps["step_0"]["p95"] == pytest.approx(0.5)
@@ -354,14 +391,14 @@ def test_percentiles_use_the_nearest_rank():
 def test_the_overview_draws_runs_per_hour(viewer_client):
     make_run(Status.SUCCEEDED)
     make_failed_run()
-    html = viewer_client.get("/").content.decode()
+    html = viewer_client.get(reverse("run_overview"), **HTMX).content.decode()
     assert '<svg class="hourly"' in html
     assert 'class="seg st-succeeded"' in html
     assert 'class="seg st-failed"' in html
 
 
 def test_the_overview_says_when_nothing_happened(viewer_client):
-    response = viewer_client.get("/")
+    response = viewer_client.get(reverse("run_overview"))
     assert response.context["overview"]["failure_rate"] is None
     assert "No step finished in the last 24 hours." in response.content.decode()
 

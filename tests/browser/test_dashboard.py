@@ -56,6 +56,7 @@ def test_find_a_failed_run_resume_it_and_watch_it_succeed(operator_page, worker,
     expect(row).to_contain_text("failed")
     expect(row).to_contain_text("NonRetryableError")
     expect(row).to_contain_text("quote service answered 503")
+    expect(page.locator("#overview .stats")).to_contain_text("started, 24 h")  # loaded after the list
     screenshot(page, "run-list")
 
     row.get_by_role("link").click()
@@ -220,6 +221,7 @@ def test_screenshots_at_phone_width(browser, live_server, worker):
 
     log_in(phone, "pat")
     expect(phone.locator(f"#run-{run.pk}")).to_be_visible()
+    expect(phone.locator("#overview .stats")).to_be_visible()
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390
     screenshot(phone, "run-list-phone")
     phone.goto(f"/runs/{run.pk}/")
