@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -358,13 +358,13 @@ class Run(models.Model):
         with transaction.atomic():
             outcome = self._advance(token, advance, now)
             if outcome != "lost":
-                Checkpoint.objects.create(run_id=self.pk, **fields)
+                insert_checkpoint(self.pk, fields)
         if outcome != "lost":
             self.steps_done = position + 1
         return outcome
 
     def _advance(self, token: str, advance: dict, now) -> str:
-        if self._leased(token).filter(cancel_requested=False).update(**advance):
+        if advance_leased_run(self.pk, token, advance):
             return "ok"
         check_transition([Status.RUNNING], Status.CANCELLED)
         cancelled = self._leased(token).update(
@@ -893,6 +893,85 @@ class Run(models.Model):
     @property
     def key_prefix(self) -> str:
         return self.idempotency_key[:8]
+
+
+# --- the per-step hot path -------------------------------------------------------
+# One conditional UPDATE and one INSERT per step, as plain SQL built once. Compiling
+# the same two statements through the ORM costs about a millisecond of Python per
+# step, more than the database's own work; the values still go through each field's
+# own adaptation (get_db_prep_save), so they are stored exactly as the ORM would.
+
+ADVANCE_FIELDS = (
+    "steps_done",
+    "current_step",
+    "updated_at",
+    "wait_kind",
+    "wait_signal",
+    "wait_position",
+    "wake_at",
+)
+CHECKPOINT_FIELDS = (
+    "run_id",
+    "position",
+    "name",
+    "status",
+    "output",
+    "error_type",
+    "error_message",
+    "error_traceback",
+    "attempts",
+    "epoch",
+    "started_at",
+    "finished_at",
+    "meta",
+)
+_statements: dict[str, tuple[str, str]] = {}
+
+
+def _hot_statements() -> tuple[str, str]:
+    vendor = connection.vendor
+    if vendor not in _statements:
+        quote = connection.ops.quote_name
+        run_table, checkpoint_table = quote(Run._meta.db_table), quote(Checkpoint._meta.db_table)
+        columns = [Run._meta.get_field(name).column for name in ADVANCE_FIELDS]
+        update = (
+            f"UPDATE {run_table} SET {', '.join(f'{quote(column)} = %s' for column in columns)} "
+            f"WHERE {quote('id')} = %s AND {quote('status')} = %s AND {quote('lease_token')} = %s "
+            f"AND {quote('cancel_requested')} = %s"
+        )
+        insert_columns = [Checkpoint._meta.get_field(name).column for name in CHECKPOINT_FIELDS]
+        insert = (
+            f"INSERT INTO {checkpoint_table} ({', '.join(quote(column) for column in insert_columns)}) "
+            f"VALUES ({', '.join(['%s'] * len(insert_columns))})"
+        )
+        _statements[vendor] = (update, insert)
+    return _statements[vendor]
+
+
+def _prepared(model, values: dict) -> list:
+    return [model._meta.get_field(name).get_db_prep_save(value, connection) for name, value in values.items()]
+
+
+def advance_leased_run(run_id: int, token: str, advance: dict) -> bool:
+    """Advance a running run held under `token`, unless a cancel was requested."""
+    update, _ = _hot_statements()
+    params = _prepared(Run, {name: advance[name] for name in ADVANCE_FIELDS})
+    with connection.cursor() as cursor:
+        cursor.execute(update, [*params, run_id, Status.RUNNING.value, token, False])
+        return cursor.rowcount == 1
+
+
+def insert_checkpoint(run_id: int, fields: dict) -> None:
+    _, insert = _hot_statements()
+    defaults = {"error_type": "", "error_message": "", "error_traceback": "", "attempts": 1, "meta": None}
+    values = {**defaults, **fields, "run_id": run_id}
+    unknown = set(values) - set(CHECKPOINT_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown checkpoint fields {sorted(unknown)}")
+    values.setdefault("output", None)
+    values.setdefault("epoch", 0)
+    with connection.cursor() as cursor:
+        cursor.execute(insert, _prepared(Checkpoint, {name: values[name] for name in CHECKPOINT_FIELDS}))
 
 
 class Signal(models.Model):
