@@ -231,6 +231,8 @@ DURABLE_SWEEP_INTERVAL = envfloat("DURABLE_SWEEP_INTERVAL", 0.5, minimum=0.05)
 DURABLE_REDISPATCH_AFTER = envfloat("DURABLE_REDISPATCH_AFTER", 15.0, minimum=0.1)
 # After this many crash recoveries a run is dead-lettered for an operator.
 DURABLE_MAX_RECOVERIES = envint("DURABLE_MAX_RECOVERIES", 5, minimum=1)
+
+
 def envlimits(name: str, parse) -> dict:
     """KEY=VALUE pairs, comma-separated, e.g. DURABLE_CONCURRENCY="research=2,refund=5"."""
     limits = {}

@@ -53,7 +53,7 @@ class _Stop(BaseException):
 
 def describe(exc: BaseException) -> dict[str, str]:
     return {
-        "error_type": type(exc).__qualname__,
+        "error_type": type(exc).__qualname__[:200],
         "error_message": str(exc)[:MAX_MESSAGE],
         "error_traceback": "".join(traceback.format_exception(exc))[-MAX_TRACEBACK:],
     }

@@ -9,6 +9,7 @@ and then saves.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from django.utils import timezone
 
 from runs import dispatch
 from runs.flow import concurrency_limit, entry_status, lock
+from runs.workflow import MAX_NAME
 from steps.models import Attempt, Branch, BranchStatus, Checkpoint, CheckpointStatus
 
 
@@ -74,12 +76,26 @@ def check_transition(sources, target) -> None:
             raise AssertionError(f"{source} -> {target} is not in the transition table")
 
 
+# A \u0000 escape that is not itself escaped: PostgreSQL's jsonb cannot store it.
+NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def ensure_json(value: Any, what: str) -> Any:
     """Return value as it will read back from the database, or raise ValueError."""
     try:
-        return json.loads(json.dumps(value, allow_nan=False))
+        text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{what} is not JSON-serialisable: {exc}") from None
+    if NUL_ESCAPE.search(text):
+        raise ValueError(f"{what} contains a NUL character (\\u0000), which the database cannot store")
+    return json.loads(text)
+
+
+def ensure_text(value: str, what: str) -> str:
+    """Operator-supplied text (reasons, signal names) must be storable as it is."""
+    if "\x00" in value:
+        raise InvalidOperation(f"The {what} contains a NUL character, which cannot be stored.")
+    return value
 
 
 def new_idempotency_key() -> str:
@@ -116,6 +132,8 @@ class RunQuerySet(models.QuerySet):
 
         definition = registry.get(workflow)
         data = ensure_json(input, "run input")
+        if dedupe_key and (len(dedupe_key) > 200 or "\x00" in dedupe_key):
+            raise ValueError("an idempotency key has at most 200 characters and no NUL")
         if dedupe_key:
             existing = self.filter(dedupe_key=dedupe_key).first()
             if existing is not None:
@@ -786,9 +804,11 @@ class Run(models.Model):
 
     def send_signal(self, name: str, payload: Any = None, by=None, reason: str = "") -> Signal:
         """Deliver a named signal; a run that is not waiting for it yet keeps it for later."""
-        name = (name or "").strip()
+        name = ensure_text((name or "").strip(), "signal name")
         if not name:
             raise InvalidOperation("A signal needs a name.")
+        if len(name) > MAX_NAME:
+            raise InvalidOperation(f"A signal name has at most {MAX_NAME} characters.")
         try:
             payload = ensure_json(payload, "signal payload")
         except ValueError as exc:
@@ -1030,6 +1050,8 @@ class AuditEntry(models.Model):
 
     @classmethod
     def record(cls, run: Run | None, action: str, by, reason: str = "", details: dict | None = None):
+        # Raised inside the operation's transaction, so a refused reason changes nothing.
+        ensure_text(reason or "", "reason")
         user = None if by is None or isinstance(by, str) else by
         return cls.objects.create(
             run=run,

@@ -78,6 +78,7 @@ def step(
     """
 
     def decorate(func: Callable) -> Callable:
+        check_name(name or func.__name__, "step")
         func.__durable_step__ = StepDefinition(
             fn=func,
             name=name or func.__name__,
@@ -88,6 +89,14 @@ def step(
         return func
 
     return decorate(fn) if fn is not None else decorate
+
+
+MAX_NAME = 150  # names are stored in 200-character columns, some with a prefix
+
+
+def check_name(name: str, what: str) -> None:
+    if not name or len(name) > MAX_NAME:
+        raise ValueError(f"a {what} name needs 1 to {MAX_NAME} characters, got {name!r}")
 
 
 def resolve_target(target: str) -> Callable:
@@ -182,6 +191,7 @@ def workflow(name: str | None = None, *, queue: str = "", version: str = "", con
         raise ValueError("concurrency must be at least 1")
 
     def decorate(fn: Callable) -> Callable:
+        check_name(name or fn.__name__, "workflow")
         registry.register(
             WorkflowDefinition(
                 name=name or fn.__name__,
