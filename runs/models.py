@@ -98,6 +98,10 @@ def ensure_text(value: str, what: str) -> str:
     return value
 
 
+# The longest gap between two doorbells for a run that stays pending.
+MAX_REDISPATCH_GAP = 600
+
+
 def new_idempotency_key() -> str:
     return uuid.uuid4().hex
 
@@ -243,9 +247,9 @@ class RunQuerySet(models.QuerySet):
         )
 
     def unanswered(self):
-        """Pending runs whose doorbell should have been answered by now."""
+        """Pending runs whose doorbell should have been answered by now (see Run.redispatch)."""
         cutoff = timezone.now() - timedelta(seconds=settings.DURABLE_REDISPATCH_AFTER)
-        return self.filter(status=Status.PENDING, dispatched_at__lt=cutoff)
+        return self.filter(status=Status.PENDING, dispatched_at__lt=cutoff).order_by("dispatched_at")
 
 
 class WaitKind(models.TextChoices):
@@ -666,8 +670,21 @@ class Run(models.Model):
         for parent in parents:
             transaction.on_commit(parent.wake)
 
+    def due_for_redispatch(self, now) -> bool:
+        """Ring again only after as long as the run has already waited since its last ring.
+
+        Pending since `updated_at`, last rung at `dispatched_at`: the gaps double (15 s,
+        30 s, 1 min...), so a deep but healthy backlog is not flooded with duplicate
+        doorbells, while a lost message is still found within a few intervals.
+        """
+        waited_before = (self.dispatched_at - self.updated_at).total_seconds()
+        since_ring = (now - self.dispatched_at).total_seconds()
+        return since_ring >= max(settings.DURABLE_REDISPATCH_AFTER, min(waited_before, MAX_REDISPATCH_GAP))
+
     def redispatch(self) -> bool:
         now = timezone.now()
+        if not self.due_for_redispatch(now):
+            return False
         with transaction.atomic():
             rung = Run.objects.filter(
                 pk=self.pk, status=Status.PENDING, dispatched_at=self.dispatched_at
@@ -768,6 +785,16 @@ class Run(models.Model):
                 details={"from_position": position, "superseded": superseded},
             )
             Branch.objects.supersede_from(self, position)
+            # Children started at the superseded positions are replaced on replay (their
+            # dedupe key includes the epoch); the unfinished ones are stopped.
+            superseded_children = self.children.filter(
+                parent_position__gte=position, status__in=list(ACTIVE_STATUSES)
+            ).only("pk", "workflow")
+            for child in superseded_children:
+                try:
+                    child.cancel(by=by, reason=f"parent run {self.pk} retried from step {position}")
+                except InvalidOperation:
+                    pass  # it finished meanwhile
             self.status = entry_status(self.workflow)
             self.announce()
         self.refresh_from_db()

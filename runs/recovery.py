@@ -72,7 +72,7 @@ def _sweep_runs(report: SweepReport) -> None:
     for candidates in wakeable:
         for run in candidates.only(*fields)[:BATCH]:
             report.woken += run.wake()
-    for run in Run.objects.unanswered().only(*fields, "dispatched_at")[:BATCH]:
+    for run in Run.objects.unanswered().only(*fields, "dispatched_at", "updated_at")[:BATCH]:
         report.redispatched += run.redispatch()
 
 

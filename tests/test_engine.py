@@ -502,3 +502,18 @@ def test_it_runs_sqlite_in_wal_mode():
     with connection.cursor() as cursor:
         cursor.execute("PRAGMA journal_mode")
         assert cursor.fetchone()[0] == "wal"
+
+
+def test_it_rings_a_pending_run_again_at_doubling_intervals(doorbells):
+    start = timezone.now()
+    with time_machine.travel(start, tick=False):
+        run = Run.objects.start("arithmetic", {"a": 1, "b": 1})
+    doorbells.rung.clear()  # the doorbell was lost
+    rings = []
+    for seconds in range(130):
+        with time_machine.travel(start + timedelta(seconds=seconds), tick=False):
+            if sweep().redispatched:
+                rings.append(seconds)
+    assert rings == [16, 32, 64, 128]
+    assert doorbells.rung == [run.pk] * 4
+    assert doorbells.drain() == ["succeeded", "skipped", "skipped", "skipped"]

@@ -277,3 +277,22 @@ def test_it_reads_rate_limit_overrides_from_settings(doorbells, settings):
     run = Run.objects.start("rate_limited", {"calls": 5})
     assert doorbells.drain() == ["succeeded"]
     assert Run.objects.get(pk=run.pk).output == [0, 1, 2, 3, 4]
+
+
+def test_it_replaces_children_of_superseded_steps_on_retry(doorbells):
+    run = Run.objects.start("parent", {"a": 1})
+    doorbells.drain_all()
+    run.refresh_from_db()
+    assert run.status == Status.SUCCEEDED
+    background = Run.objects.get(pk=run.output["background"])
+    assert background.status == Status.WAITING
+
+    run.retry_from(0, by="tester")
+    background.refresh_from_db()
+    assert background.status == Status.CANCELLED
+    assert background.audit_entries.get(action="cancel").reason == f"parent run {run.pk} retried from step 0"
+    doorbells.drain_all()
+    run.refresh_from_db()
+    assert run.status == Status.SUCCEEDED
+    assert run.children.count() == 4  # a new pair for the new epoch; the old pair kept
+    assert run.output["background"] != background.pk
