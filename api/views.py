@@ -119,6 +119,8 @@ ACTION_ERRORS = {
     400: INVALID,
     409: OpenApiResponse(ErrorSerializer, description="Wrong state."),
 }
+
+
 # --- workflows -------------------------------------------------------------------------
 
 
