@@ -49,8 +49,9 @@ class PruneReport:
     def __str__(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
         related = ", ".join(f"{n} {name}" for name, n in sorted(self.rows.items()) if n) or "nothing else"
+        runs = f"{self.runs} run" + ("" if self.runs == 1 else "s")
         return (
-            f"{verb} {self.runs} runs ({', '.join(self.statuses)}) finished before "
+            f"{verb} {runs} ({', '.join(self.statuses)}) finished before "
             f"{self.cutoff:%Y-%m-%d %H:%M:%S %Z} and {related}"
             + ("" if self.dry_run else f", in {self.batches} batches")
         )

@@ -164,7 +164,7 @@ def runs_command(*args) -> str:
 def test_it_prunes_from_the_command_line(doorbells):
     ok, bad = age(finished(doorbells)), age(finished(doorbells, "malformed", {}))
     dry = runs_command("prune", "--older-than", "30d", "--status", "failed", "--dry-run")
-    assert dry.startswith("would delete 1 runs (failed)")
+    assert dry.startswith("would delete 1 run (failed)")
     assert exists(ok, bad) == [True, True]
     done = runs_command("prune", "--older-than", "4w2d", "--batch-size", "1")
     assert done.startswith("deleted 2 runs (cancelled, dead, failed, succeeded)")
@@ -193,7 +193,7 @@ def test_the_prune_task_follows_the_settings(doorbells, settings):
     assert exists(run) == [True]
     settings.DURABLE_PRUNE_OLDER_THAN = timedelta(days=30)
     settings.DURABLE_PRUNE_STATUSES = ["succeeded"]
-    assert maintenance.prune().startswith("deleted 1 runs (succeeded)")
+    assert maintenance.prune().startswith("deleted 1 run (succeeded)")
     assert exists(run) == [False]
     assert AuditEntry.objects.get(action="prune").actor_name == "beat"
 
