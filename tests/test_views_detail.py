@@ -443,3 +443,10 @@ def test_branches_and_children_keep_the_query_count_constant(viewer_client):
     assert count_queries(viewer_client, with_extras(1, 1)) == count_queries(
         viewer_client, with_extras(20, 12)
     )
+
+
+def test_compact_collapses_indentation_between_tags_only():
+    from django.template import engines
+
+    source = "{% load dashboard %}{% compact %}<p>\n  <b>a</b>\n  <i>b</i>\n</p><pre>{\n  1\n}</pre>{% endcompact %}"
+    assert engines["django"].from_string(source).render() == "<p> <b>a</b> <i>b</i> </p><pre>{\n  1\n}</pre>"
