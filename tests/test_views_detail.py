@@ -448,5 +448,6 @@ def test_branches_and_children_keep_the_query_count_constant(viewer_client):
 def test_compact_collapses_indentation_between_tags_only():
     from django.template import engines
 
-    source = "{% load dashboard %}{% compact %}<p>\n  <b>a</b>\n  <i>b</i>\n</p><pre>{\n  1\n}</pre>{% endcompact %}"
+    body = "<p>\n  <b>a</b>\n  <i>b</i>\n</p><pre>{\n  1\n}</pre>"
+    source = "{% load dashboard %}{% compact %}" + body + "{% endcompact %}"
     assert engines["django"].from_string(source).render() == "<p> <b>a</b> <i>b</i> </p><pre>{\n  1\n}</pre>"
