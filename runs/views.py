@@ -29,7 +29,7 @@ from django.contrib.auth.models import User
 from django.contrib.auth.views import redirect_to_login
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
-from django.db.models import CharField, Count, Q, QuerySet
+from django.db.models import CharField, Count, Q, QuerySet, Sum
 from django.db.models.functions import Cast, Substr
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -411,8 +411,18 @@ def step_rows(
 
 
 def version(run: Run) -> str:
-    """Changes whenever the run does: every write to a run sets updated_at."""
-    return f"{run.updated_at.timestamp():.6f}"
+    """Changes whenever the run does: every write to a run sets updated_at.
+
+    Parallel branches progress without touching their run, so while a run waits
+    for them their finished count and attempts are part of the version too.
+    """
+    stamp = f"{run.updated_at.timestamp():.6f}"
+    if run.wait_kind != WaitKind.BRANCHES:
+        return stamp
+    progress = run.branches.live().aggregate(
+        done=Count("pk", filter=Q(finished_at__isnull=False)), tries=Sum("attempts")
+    )
+    return f"{stamp}-{progress['done']}-{progress['tries'] or 0}"
 
 
 def worker_state(run: Run) -> dict[str, Any] | None:

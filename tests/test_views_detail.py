@@ -451,3 +451,16 @@ def test_compact_collapses_indentation_between_tags_only():
     body = "<p>\n  <b>a</b>\n  <i>b</i>\n</p><pre>{\n  1\n}</pre>"
     source = "{% load dashboard %}{% compact %}" + body + "{% endcompact %}"
     assert engines["django"].from_string(source).render() == "<p> <b>a</b> <i>b</i> </p><pre>{\n  1\n}</pre>"
+
+
+def test_branch_progress_refreshes_the_live_section(viewer_client):
+    run = make_run(Status.WAITING, 1, wait_kind="branches", wait_position=1)
+    branch = Branch.objects.create(
+        run=run, position=1, index=0, name="b", target="m:f", started_at=timezone.now()
+    )
+    url = reverse("run_live", args=[run.pk])
+    first = viewer_client.get(url, **HTMX).content.decode()
+    version = first.split("?v=", 1)[1].split('"', 1)[0]
+    assert viewer_client.get(f"{url}?v={version}", **HTMX).status_code == 204
+    Branch.objects.filter(pk=branch.pk).update(status="succeeded", finished_at=timezone.now(), attempts=1)
+    assert viewer_client.get(f"{url}?v={version}", **HTMX).status_code == 200
