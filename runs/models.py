@@ -1070,6 +1070,8 @@ class AuditEntry(models.Model):
         indexes = [
             # Run page: that run's audit log, newest first.
             models.Index(fields=["run", "-id"], name="audit_run"),
+            # Overview and metrics: recoveries (action "recover") over a time window.
+            models.Index(fields=["action", "created_at"], name="audit_action_time"),
         ]
 
     def __str__(self) -> str:
