@@ -322,6 +322,8 @@ class Run(models.Model):
             # Run list filtered by status or workflow, newest first (keyset on id).
             models.Index(fields=["status", "-id"], name="run_status_id"),
             models.Index(fields=["workflow", "-id"], name="run_workflow_id"),
+            # Overview (runs started in the last 24 h) and the started-between filter.
+            models.Index(fields=["created_at"], name="run_created_at"),
             # Admission: slots in use and the queued line, per workflow.
             models.Index(fields=["workflow", "status", "-priority", "id"], name="run_admission"),
             # Child runs: a parent's children by position.
