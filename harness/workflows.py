@@ -11,6 +11,18 @@ from harness.models import Call, SideEffect
 from runs.workflow import RetryPolicy, current_step, step, workflow
 
 
+def log_call(info) -> None:
+    """Record that a step called the external system (when, from which process)."""
+    Call.objects.create(
+        idempotency_key=info.idempotency_key,
+        run_id=info.run_id,
+        position=info.position,
+        attempt=info.attempt,
+        started_at=time.time(),
+        pid=os.getpid(),
+    )
+
+
 @step
 def noop() -> None:
     return None
@@ -31,14 +43,7 @@ def effect(index: int, seed: int, pause: float, flaky: bool) -> dict:
     applied at most once per key, as a payment provider would.
     """
     info = current_step()
-    Call.objects.create(
-        idempotency_key=info.idempotency_key,
-        run_id=info.run_id,
-        position=info.position,
-        attempt=info.attempt,
-        started_at=time.time(),
-        pid=os.getpid(),
-    )
+    log_call(info)
     if pause:
         time.sleep(pause)
     if flaky and info.attempt == 1:
@@ -73,14 +78,7 @@ def sleepy(pause: float) -> int:
     """Logs its call, and sleeps on its first execution only, so a kill lands mid-step."""
     info = current_step()
     first = not Call.objects.filter(idempotency_key=info.idempotency_key).exists()
-    Call.objects.create(
-        idempotency_key=info.idempotency_key,
-        run_id=info.run_id,
-        position=info.position,
-        attempt=info.attempt,
-        started_at=time.time(),
-        pid=os.getpid(),
-    )
+    log_call(info)
     if first:
         time.sleep(pause)
     return os.getpid()

@@ -4,6 +4,8 @@ from runs import dispatch, heartbeat
 from runs.engine import execute_run
 from runs.fanout import execute_branch
 from runs.models import WorkerProcess
+from tests import workflows
+from tests.processes import Cluster
 
 
 @pytest.fixture(autouse=True)
@@ -61,3 +63,21 @@ def lapse_leases():
     """Make every worker process look dead, as if its machine had lost power."""
     WorkerProcess.objects.all().delete()
     heartbeat._current.update(pid=None, name=None)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_test_workflows():
+    """The test workflows count calls and read toggles in module globals; start clean."""
+    workflows.CALLS.clear()
+    workflows.KEYS.clear()
+    workflows.TOGGLES.clear()
+    workflows.PAYMENTS.__init__()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """Real worker and beat processes on the test database; killed at the end."""
+    workflows.create_ledger()
+    cluster = Cluster(tmp_path)
+    yield cluster
+    cluster.stop()

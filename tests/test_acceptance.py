@@ -14,14 +14,6 @@ from tests.workflows import create_ledger
 pytestmark = [pytest.mark.acceptance, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    create_ledger()
-    cluster = Cluster(tmp_path)
-    yield cluster
-    cluster.stop()
-
-
 def ledger_rows(run_id):
     with connection.cursor() as cursor:
         cursor.execute(

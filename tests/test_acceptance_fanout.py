@@ -10,19 +10,10 @@ from django.db import connection
 
 from runs.models import Run, Status
 from steps.models import Branch, RateLimitGrant
-from tests.processes import Cluster, wait_for
+from tests.processes import wait_for
 from tests.test_acceptance import assert_one_live_checkpoint_per_position, status_of, step_counts
-from tests.workflows import create_ledger
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    create_ledger()
-    cluster = Cluster(tmp_path)
-    yield cluster
-    cluster.stop()
 
 
 def test_it_re_runs_only_unfinished_branches_after_a_sigkill(cluster):

@@ -17,14 +17,6 @@ from tests.test_engine import exhaust_retries
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_counters():
-    workflows.CALLS.clear()
-    workflows.KEYS.clear()
-    workflows.TOGGLES.clear()
-    workflows.PAYMENTS.__init__()
-
-
 def user_with(name: str, *codenames: str) -> User:
     user = User.objects.create_user(name, password="x")
     for codename in codenames:

@@ -17,14 +17,6 @@ from tests.conftest import lapse_leases
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_counters():
-    workflows.CALLS.clear()
-    workflows.KEYS.clear()
-    workflows.TOGGLES.clear()
-    workflows.PAYMENTS.__init__()
-
-
 def crash_then_recover(run, doorbells):
     """The worker died mid-step: its lease lapses and the sweep dispatches the run again."""
     lapse_leases()

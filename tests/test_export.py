@@ -21,14 +21,6 @@ from tests.test_engine import exhaust_retries
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_counters():
-    workflows.CALLS.clear()
-    workflows.KEYS.clear()
-    workflows.TOGGLES.clear()
-    workflows.PAYMENTS.__init__()
-
-
 @step
 def fetch(url):
     workflows.CALLS["fetch"] += 1

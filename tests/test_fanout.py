@@ -15,13 +15,6 @@ from tests.conftest import lapse_leases
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_counters():
-    workflows.CALLS.clear()
-    workflows.KEYS.clear()
-    workflows.TOGGLES.clear()
-
-
 def branches_of(run):
     return list(Branch.objects.live().filter(run=run).order_by("index"))
 
