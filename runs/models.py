@@ -919,6 +919,15 @@ class Run(models.Model):
     def age(self):
         return timezone.now() - self.created_at
 
+    def deployed_version(self) -> str | None:
+        """The code version of this run's workflow as deployed here; None if it is not registered here."""
+        from runs.workflow import UnknownWorkflow, registry
+
+        try:
+            return registry.get(self.workflow).version
+        except UnknownWorkflow:
+            return None
+
     @property
     def can_resume(self) -> bool:
         return self.status in (Status.FAILED, Status.DEAD)

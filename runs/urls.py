@@ -13,6 +13,7 @@ urlpatterns = [
     path("runs/<int:run_id>/resume/", views.run_resume, name="run_resume"),
     path("runs/<int:run_id>/cancel/", views.run_cancel, name="run_cancel"),
     path("runs/<int:run_id>/signal/", views.run_signal, name="run_signal"),
+    path("runs/<int:run_id>/steps/<int:position>/", views.run_step, name="run_step"),
     path("runs/<int:run_id>/steps/<int:position>/retry/", views.run_retry, name="run_retry"),
     path("runs/<int:run_id>/steps/<int:position>/edit/", views.checkpoint_edit, name="checkpoint_edit"),
     path(

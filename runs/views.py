@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import wraps
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -29,7 +29,8 @@ from django.contrib.auth.models import User
 from django.contrib.auth.views import redirect_to_login
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
-from django.db.models import CharField, Count, Q, QuerySet, Sum
+from django.db import connection
+from django.db.models import CharField, Count, Q, QuerySet, Sum, TextField
 from django.db.models.functions import Cast, Substr
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -46,6 +47,7 @@ from django_htmx.http import (
 )
 from django_htmx.middleware import HtmxDetails
 
+from agents import accounting
 from runs.forms import (
     BULK_ACTIONS,
     BULK_LIMIT,
@@ -57,6 +59,7 @@ from runs.forms import (
     pretty,
 )
 from runs.models import AuditEntry, InvalidOperation, Run, Status, WaitKind, WorkerProcess
+from runs.templatetags.dashboard import JSON_CAP
 from runs.workflow import registry
 from steps.models import Attempt, Branch, Checkpoint, CheckpointStatus
 
@@ -79,6 +82,29 @@ TYPICAL_SAMPLE = 500
 # Total characters of step output shown inline on a run page; each step gets a
 # share between 2 KB and 20 KB, the rest is one click away.
 INLINE_OUTPUT_BUDGET = 600_000
+# A run with at most this many steps shows each step's output, attempts and tracebacks
+# inline. A longer run shows one compact line per step, and a step's details load
+# when it is opened: drawn in full, a 1,000-step page weighed over a megabyte.
+INLINE_STEPS = 50
+# Characters of a step's output, and of a failed step's error message, on its compact line.
+PREVIEW_CHARS = 100
+ERROR_CHARS = 160
+# The columns of a CheckpointLine, in order.
+CHECKPOINT_LINE = (
+    "id",
+    "position",
+    "name",
+    "status",
+    "error_type",
+    "error_head",
+    "attempts",
+    "epoch",
+    "started_at",
+    "finished_at",
+    "superseded_at",
+    "edited_from_id",
+    "output_head",
+)
 # Statuses in the order operators scan them; any status added later goes last.
 _SCAN_ORDER = ("running", "waiting", "pending", "queued", "failed", "dead", "succeeded", "cancelled")
 STATUS_ORDER = sorted(
@@ -86,6 +112,8 @@ STATUS_ORDER = sorted(
 )
 # Shown in the status counts even at zero; other statuses only when present.
 ALWAYS_COUNTED = ("running", "waiting", "pending", "failed", "dead", "succeeded", "cancelled")
+# The run list counts each status up to this many runs, then shows "10,000+".
+COUNT_CAP = 10_000
 # Run columns a list row never shows; they can be large.
 LIST_DEFERRED = ("output", "error_traceback")
 
@@ -199,22 +227,47 @@ def annotate_typical_steps(runs: list[Run]) -> None:
         run.typical_steps = typical.get(run.workflow)
 
 
+def capped_counts(runs: QuerySet[Run], statuses: Sequence[str], cap: int) -> dict[str, int]:
+    """Runs per status, each counted only up to cap + 1, in one query.
+
+    An exact count reads every matching index entry: at a million runs, more than a
+    page's whole time budget. Counting each status up to a cap bounds the work at any
+    table size (each count stops after cap + 1 entries of an index on status).
+    """
+    parts, params = [], []
+    for index, status in enumerate(statuses):
+        sample = runs.filter(status=status).order_by().values("pk")[: cap + 1]
+        sql, sample_params = sample.query.sql_with_params()
+        parts.append(f"(SELECT COUNT(*) FROM ({sql}) AS capped_{index})")
+        params.extend(sample_params)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT " + ", ".join(parts), params)
+        return dict(zip(statuses, cursor.fetchone(), strict=True))
+
+
 def status_counts(runs: QuerySet[Run], filters: RunFilterForm) -> list[dict[str, Any]]:
-    found = dict(runs.order_by().values_list("status").annotate(n=Count("pk")))
+    found = capped_counts(runs, STATUS_ORDER, COUNT_CAP)
     others = [(name, value) for name, value in filters.query_items() if name != "status"]
     selected = filters.values().get("status") or ""
     counts = [
         {
             "status": status,
             "label": Status(status).label,
-            "count": found.get(status, 0),
+            "count": min(found[status], COUNT_CAP),
+            "capped": found[status] > COUNT_CAP,
             "query": urlencode([*others, ("status", status)]),
             "selected": selected == status,
         }
         for status in STATUS_ORDER
-        if status in ALWAYS_COUNTED or found.get(status) or selected == status
+        if status in ALWAYS_COUNTED or found[status] or selected == status
     ]
-    total = {"status": "", "label": "all", "count": sum(found.values()), "query": urlencode(others)}
+    total = {
+        "status": "",
+        "label": "all",
+        "count": sum(count["count"] for count in counts),
+        "capped": any(count["capped"] for count in counts),
+        "query": urlencode(others),
+    }
     return [{**total, "selected": not selected}, *counts]
 
 
@@ -222,6 +275,7 @@ def list_context(filters: RunFilterForm) -> dict[str, Any]:
     values = filters.values()
     page = keyset_page(filters.runs(), values.get("before"), values.get("after"))
     annotate_typical_steps(page.runs)
+    accounting.attach_totals(page.runs)
     query = filters.query_items()
     return {
         "filters": filters,
@@ -262,6 +316,7 @@ def run_rows(request: AuthenticatedHttpRequest) -> HttpResponse:
     ids = parse_ids(request.GET.getlist("ids"))[:LIVE_ROWS_LIMIT]
     runs = list(Run.objects.filter(pk__in=ids).defer(*LIST_DEFERRED).order_by("-pk"))
     annotate_typical_steps(runs)
+    accounting.attach_totals(runs)
     page = RunPage(runs)
     context = {"page": page, "selected": set(parse_ids(request.GET.getlist("run")))}
     html = render_to_string("runs/list.html#live-rows", context, request=request)
@@ -356,25 +411,52 @@ def overview(now: datetime | None = None) -> dict[str, Any]:
         "steps": steps,
         "steps_sampled": sampled,
         "step_sample": STEP_SAMPLE,
+        "llm_costs": accounting.cost_by_workflow(now=now),
     }
 
 
 # --- run page --------------------------------------------------------------------------
 
 
-@dataclass
+class CheckpointLine(NamedTuple):
+    """A checkpoint as a compact step line shows it: a plain row rather than a model
+    instance, because a thousand instances cost more than drawing the rest of the page
+    (and keep the garbage collector busy)."""
+
+    pk: int
+    position: int
+    name: str
+    status: str
+    error_type: str
+    error_message: str  # the first ERROR_CHARS characters
+    attempts: int
+    epoch: int
+    started_at: datetime
+    finished_at: datetime
+    superseded_at: datetime | None
+    edited_from_id: int | None
+    output_head: str | None  # the output's JSON text, cut after PREVIEW_CHARS + 1 characters
+
+    @property
+    def duration(self) -> timedelta:
+        return self.finished_at - self.started_at
+
+
+@dataclass(slots=True)
 class StepRow:
     """Everything recorded at one position of a run."""
 
     position: int
     name: str
-    checkpoint: Checkpoint | None = None  # the live checkpoint, if the step has one
-    superseded: list[Checkpoint] = field(default_factory=list)
-    attempts: list[Attempt] = field(default_factory=list)
-    branches: list[Branch] = field(default_factory=list)  # calls of a parallel group here
+    # The live checkpoint, if the step has one: a model instance, or a CheckpointLine.
+    checkpoint: Checkpoint | CheckpointLine | None = None
+    superseded: Sequence[Checkpoint | CheckpointLine] = ()
+    attempts: Sequence[Attempt] = ()
+    branches: Sequence[Branch] = ()  # calls of a parallel group here
+    url: str = ""  # where the step's details are
 
     @property
-    def all_checkpoints(self) -> list[Checkpoint]:
+    def all_checkpoints(self) -> list[Checkpoint | CheckpointLine]:
         return [*self.superseded, *([self.checkpoint] if self.checkpoint else [])]
 
     @property
@@ -391,26 +473,58 @@ class StepRow:
     def live_attempts(self) -> int:
         return sum(1 for attempt in self.attempts if attempt.superseded_at is None)
 
+    @property
+    def llm(self) -> accounting.LLMStep | None:
+        """A model call's figures and conversation; None for other steps, and on compact
+        lines, which do not read the meta (it holds the whole conversation)."""
+        return accounting.llm_step(getattr(self.checkpoint, "meta", None))
+
+    @property
+    def preview(self) -> str:
+        """The start of the output on one line, for a compact step line."""
+        head = getattr(self.checkpoint, "output_head", None)
+        if head is None:
+            return ""
+        return head if len(head) <= PREVIEW_CHARS else head[: PREVIEW_CHARS - 1] + "…"
+
 
 def step_rows(
-    checkpoints: list[Checkpoint], attempts: list[Attempt], branches: list[Branch] = ()
+    checkpoints: list[Checkpoint | CheckpointLine], attempts: list[Attempt], branches: list[Branch] = ()
 ) -> list[StepRow]:
-    rows: dict[int, StepRow] = {}
+    """Group a run's history by position. Most positions hold one checkpoint and nothing
+    else, so only the positions that have more get lists."""
+    names: dict[int, str] = {}
+    live: dict[int, Checkpoint | CheckpointLine] = {}
+    superseded: dict[int, list] = defaultdict(list)
     for checkpoint in checkpoints:
-        row = rows.setdefault(checkpoint.position, StepRow(checkpoint.position, checkpoint.name))
+        names.setdefault(checkpoint.position, checkpoint.name)
         if checkpoint.superseded_at is None:
-            row.checkpoint = checkpoint
-            row.name = checkpoint.name
+            live[checkpoint.position] = checkpoint
+            names[checkpoint.position] = checkpoint.name
         else:
-            row.superseded.append(checkpoint)
+            superseded[checkpoint.position].append(checkpoint)
+    attempts_at: dict[int, list] = defaultdict(list)
     for attempt in attempts:
-        rows.setdefault(attempt.position, StepRow(attempt.position, attempt.name)).attempts.append(attempt)
+        names.setdefault(attempt.position, attempt.name)
+        attempts_at[attempt.position].append(attempt)
+    branches_at: dict[int, list] = defaultdict(list)
     for branch in branches:
-        rows.setdefault(branch.position, StepRow(branch.position, "parallel")).branches.append(branch)
-    return [rows[position] for position in sorted(rows)]
+        names.setdefault(branch.position, "parallel")
+        branches_at[branch.position].append(branch)
+    return [
+        StepRow(
+            position,
+            names[position],
+            live.get(position),
+            superseded.get(position, ()),
+            attempts_at.get(position, ()),
+            branches_at.get(position, ()),
+        )
+        for position in sorted(names)
+    ]
 
 
-def version(run: Run) -> str:
+def live_stamp(run: Run) -> str:
     """Changes whenever the run does: every write to a run sets updated_at.
 
     Parallel branches progress without touching their run, so while a run waits
@@ -440,30 +554,73 @@ def signal_form_for(run: Run, data=None) -> SignalForm:
     return SignalForm(data, initial={"name": run.wait_signal or "approve", "payload": "{}"})
 
 
+def step_history(run: Run, *, inline: bool) -> list[StepRow]:
+    """The run's steps: everything recorded, or for compact lines only what a line shows."""
+    checkpoints = run.checkpoints.order_by("position", "id")
+    attempts = run.attempts.order_by("position", "number", "id")
+    branches = run.branches.defer("args", "kwargs").order_by("position", "index", "id")
+    if inline:
+        return step_rows(list(checkpoints), list(attempts), list(branches))
+    lines = checkpoints.annotate(
+        output_head=Substr(Cast("output", TextField()), 1, PREVIEW_CHARS + 1),
+        error_head=Substr("error_message", 1, ERROR_CHARS),
+    ).values_list(*CHECKPOINT_LINE)
+    return step_rows(
+        [CheckpointLine._make(line) for line in lines],
+        list(attempts.defer("error_message", "error_traceback")),
+        list(branches.defer("output", "error_traceback", "meta")),
+    )
+
+
+def code_version(run: Run) -> dict[str, Any]:
+    """The run's code version against the code deployed here, for the run page's warning."""
+    deployed = run.deployed_version()
+    return {
+        "recorded": run.code_version,
+        "deployed": deployed,
+        "registered": deployed is not None,
+        "differs": bool(run.code_version) and deployed is not None and deployed != run.code_version,
+    }
+
+
 def detail_context(request: AuthenticatedHttpRequest, run: Run, **extra) -> dict[str, Any]:
-    checkpoints = list(run.checkpoints.order_by("position", "id"))
-    attempts = list(run.attempts.order_by("position", "number", "id"))
-    branches = list(run.branches.defer("args", "kwargs").order_by("position", "index", "id"))
-    steps = step_rows(checkpoints, attempts, branches)
+    inline = run.steps_done <= INLINE_STEPS
+    steps = step_history(run, inline=inline)
     waiting_for_signal = run.status == Status.WAITING and run.wait_kind == WaitKind.SIGNAL
+    username = request.user.get_username()
+    step_url = url_filler("run_step", run.pk)
+    for step in steps:
+        step.url = step_url(step.position)
     context = {
         "run": run,
         "steps": steps,
+        "inline": inline,
         "live_steps": sum(1 for step in steps if step.checkpoint),
         "output_cap": max(2_000, min(20_000, INLINE_OUTPUT_BUDGET // max(len(steps), 1))),
         "audit": list(run.audit_entries.order_by("-id")[:AUDIT_SHOWN]),
         "signals": list(run.signals.order_by("-id")[:20]),
         "children": list(run.children.defer(*LIST_DEFERRED, "input").order_by("id")[:CHILDREN_SHOWN]),
         "worker": worker_state(run),
-        "version": version(run),
+        "usage": accounting.totals_for_runs([run.pk]).get(run.pk),
+        "code": code_version(run),
+        "version": live_stamp(run),
         # A long run's page is heavy to redraw: it refreshes less often.
         "poll_every": "2s" if len(steps) <= LONG_RUN_STEPS else "10s",
         "signal_form": signal_form_for(run),
         "waiting_for_signal": waiting_for_signal,
-        "approve_payload": json.dumps({"approved": True, "by": request.user.get_username()}),
+        # The shortcuts answer an approval the way agents expect it: {"approved": bool, "note": str}.
+        "approve_payload": json.dumps({"approved": True, "note": f"approved by {username}", "by": username}),
+        "reject_payload": json.dumps({"approved": False, "note": f"rejected by {username}", "by": username}),
     }
     context.update(extra)
     return context
+
+
+def url_filler(name: str, run_id: int) -> Callable[[int], str]:
+    """reverse(name, args=[run_id, n]) for many n: reversed once, then filled in."""
+    marker = 4_611_686_018_427_387_904  # 2**62: no run id or position looks like it
+    head, _, tail = reverse(name, args=[run_id, marker]).rpartition(str(marker))
+    return lambda number: f"{head}{number}{tail}"
 
 
 @require_GET
@@ -481,12 +638,31 @@ def run_detail(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
 def run_live(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
     """The run page's live section: 204 while nothing changed, 286 once the run is final."""
     run = get_run(request, run_id)
-    if run.is_active and request.GET.get("v") == version(run):
+    if run.is_active and request.GET.get("v") == live_stamp(run):
         return HttpResponse(status=204)
     html = render_to_string("runs/detail.html#run-live", detail_context(request, run), request=request)
     if run.is_final:
         return HttpResponseStopPolling(html)
     return HttpResponse(html)
+
+
+@require_GET
+@login_required
+def run_step(request: AuthenticatedHttpRequest, run_id: int, position: int) -> HttpResponse:
+    """Everything recorded at one position of a run: the fragment a compact step line
+    opens, or a page of its own without JavaScript."""
+    run = get_run(request, run_id)
+    steps = step_rows(
+        list(run.checkpoints.filter(position=position).order_by("id")),
+        list(run.attempts.filter(position=position).order_by("number", "id")),
+        list(run.branches.filter(position=position).defer("args", "kwargs").order_by("index", "id")),
+    )
+    if not steps:
+        raise Http404
+    context = {"run": run, "step": steps[0], "output_cap": JSON_CAP, "inline": False}
+    if request.htmx and not request.htmx.history_restore_request:
+        return render(request, "runs/step.html#step-details", context)
+    return render(request, "runs/step.html", context)
 
 
 @require_GET

@@ -27,7 +27,9 @@
     if (!element.hasAttribute || !element.hasAttribute("data-poll")) return;
     var focused = document.activeElement;
     var typing = focused && element.contains(focused) && focused.matches("input, textarea, select");
-    var reading = element.querySelector("details.traceback[open], details.json[open], .edit-form");
+    var reading = element.querySelector(
+      "details.traceback[open], details.json[open], details.step-more[open], .edit-form"
+    );
     if (typing || reading) event.preventDefault();
   });
 })();

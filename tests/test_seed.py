@@ -84,6 +84,21 @@ def test_it_adds_a_long_run_on_request():
     assert run.checkpoints.count() == run.steps_done == 1000
 
 
+def test_model_calls_are_billed_as_the_agents_record_them():
+    from agents import accounting
+    from agents.models import ProviderCall
+
+    seed(100, "--seed", 4)
+    llm_steps = Checkpoint.objects.filter(name__startswith="llm")
+    assert ProviderCall.objects.count() == llm_steps.count() > 0
+    step = llm_steps.first()
+    call = ProviderCall.objects.get(run=step.run, position=step.position)
+    assert (call.input_tokens, call.output_tokens) == (step.meta["input_tokens"], step.meta["output_tokens"])
+    assert call.cost_usd == step.meta["cost_usd"] > 0
+    figures = accounting.llm_step(step.meta)
+    assert figures["model"] == "claude-sonnet-4-5" and figures["cost_usd"] == call.cost_usd
+
+
 def test_the_dashboard_renders_seeded_data(client):
     seed(150, "--seed", 11, "--long-run", 300)
     client.force_login(make_viewer())

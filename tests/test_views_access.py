@@ -18,6 +18,7 @@ def pages(run) -> list[str]:
         reverse("run_live", args=[run.pk]),
         reverse("run_value", args=[run.pk, "input"]),
         reverse("checkpoint_detail", args=[run.pk, checkpoint.pk]),
+        reverse("run_step", args=[run.pk, checkpoint.position]),
     ]
 
 

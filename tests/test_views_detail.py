@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from runs.models import AuditEntry, Run, Signal, Status, WaitKind, WorkerProcess
 from runs.templatetags.dashboard import JSON_CAP, build_timeline, duration, json_block
-from runs.views import StepRow, step_rows
+from runs.views import INLINE_STEPS, PREVIEW_CHARS, StepRow, step_rows
 from steps.models import Attempt, Branch, Checkpoint, CheckpointStatus
 from tests.factories import make_failed_run, make_operator, make_run, make_viewer, make_waiting_run
 
@@ -310,8 +310,9 @@ def test_a_thousand_step_run_stays_fast(viewer_client, django_assert_max_num_que
     )
     Run.objects.filter(pk=run.pk).update(steps_done=1000)
     started = time.monotonic()
-    # session, user, permissions (2), run, checkpoints, attempts, branches, audit, signals, children
-    with django_assert_max_num_queries(11):
+    # session, user, permissions (2), run, checkpoints, attempts, branches, audit, signals, children,
+    # model usage
+    with django_assert_max_num_queries(12):
         html = page(viewer_client, run)
     assert time.monotonic() - started < 5
     assert html.count('class="step st-succeeded"') == 1000
@@ -464,3 +465,190 @@ def test_branch_progress_refreshes_the_live_section(viewer_client):
     assert viewer_client.get(f"{url}?v={version}", **HTMX).status_code == 204
     Branch.objects.filter(pk=branch.pk).update(status="succeeded", finished_at=timezone.now(), attempts=1)
     assert viewer_client.get(f"{url}?v={version}", **HTMX).status_code == 200
+
+
+# --- export and code version -------------------------------------------------------------
+
+
+def test_it_links_the_export(viewer_client):
+    run = make_run(Status.SUCCEEDED, 2)
+    url = reverse("api:run-export", args=[run.pk])
+    assert f'<a href="{url}" download="run-{run.pk}.json">' in page(viewer_client, run)
+    response = viewer_client.get(url)  # the signed-in session is enough
+    assert response.status_code == 200
+    assert response["Content-Disposition"] == f'attachment; filename="run-{run.pk}.json"'
+    assert response.json()["run"]["id"] == run.pk
+
+
+def code_fact(html: str) -> str:
+    start = html.index('<dd id="code-version">')
+    return " ".join(html[start : html.index("</dd>", start)].split())
+
+
+def test_it_shows_the_code_version_without_a_warning_when_it_is_deployed(viewer_client):
+    import tests.workflows  # noqa: F401  (registers "metered", version 2026-11-27.1)
+
+    fact = code_fact(page(viewer_client, make_run(workflow="metered", code_version="2026-11-27.1")))
+    assert '<span class="mono" title="2026-11-27.1">2026-11-27.1</span>' in fact
+    assert "warn" not in fact
+
+
+def test_it_warns_when_the_deployed_code_has_another_version(viewer_client):
+    import tests.workflows  # noqa: F401
+
+    fact = code_fact(page(viewer_client, make_run(workflow="metered", code_version="2026-01-01.1")))
+    assert "2026-01-01.1" in fact
+    assert 'class="tag warn"' in fact
+    assert 'deployed: <span class="mono">2026-11-27.1</span>' in fact
+
+
+def test_it_says_when_the_workflow_is_not_registered_here(viewer_client):
+    fact = code_fact(page(viewer_client, make_run(workflow="retired_flow", code_version="src-0123")))
+    assert "src-0123" in fact
+    assert "workflow not registered here" in fact
+
+
+def test_it_says_when_no_code_version_was_recorded(viewer_client):
+    import tests.workflows  # noqa: F401
+
+    fact = code_fact(page(viewer_client, make_run(workflow="metered", code_version="")))
+    assert "not recorded" in fact
+    assert "deployed:" not in fact
+
+
+def test_the_deployed_version_comes_from_the_registry():
+    import tests.workflows  # noqa: F401
+    from runs.workflow import registry
+
+    assert Run(workflow="arithmetic").deployed_version() == registry.get("arithmetic").version
+    assert Run(workflow="retired_flow").deployed_version() is None
+
+
+# --- long runs: compact step lines ----------------------------------------------------------
+
+
+def make_long_run(steps: int = INLINE_STEPS + 10, **fields) -> Run:
+    run = make_run(Status.FAILED, steps, failed_at=steps - 1, attempts_per_step=1, **fields)
+    Run.objects.filter(pk=run.pk).update(steps_done=steps, error_position=steps - 1)
+    run.refresh_from_db()
+    return run
+
+
+def test_a_long_run_shows_one_compact_line_per_step(viewer_client):
+    run = make_long_run()
+    html = page(viewer_client, run)
+    assert '<ol class="steps compact">' in html
+    assert html.count('<details class="step-more"') == INLINE_STEPS + 10
+    for position in (0, INLINE_STEPS + 9):
+        url = reverse("run_step", args=[run.pk, position])
+        assert f'hx-get="{url}" hx-trigger="toggle once" hx-target="find .step-body"' in html
+        assert f'<a href="{url}">Show this step</a>' in html  # the same, without JavaScript
+    assert '<span class="preview mono">{&quot;value&quot;: 3}</span>' in html
+    assert "bad value from the tool" in html  # the failed step's error is on its line
+    assert 'class="attempt"' not in html  # attempts and their tracebacks wait until a step opens
+    assert html.count('class="bar tl-attempt"') == INLINE_STEPS + 10  # the timeline has them all
+
+
+def test_a_short_run_shows_its_steps_in_full(viewer_client):
+    html = page(viewer_client, make_failed_run(steps=3, attempts_per_step=1))
+    assert '<ol class="steps">' in html
+    assert "step-more" not in html
+    assert html.count('class="attempt"') == 3
+
+
+def test_a_compact_lines_preview_is_cut(viewer_client):
+    run = make_long_run()
+    Checkpoint.objects.filter(run=run, position=0).update(output={"text": "y" * 500})
+    html = page(viewer_client, run)
+    kept = PREVIEW_CHARS - 1 - len('{"text": "')
+    assert '<span class="preview mono">{&quot;text&quot;: &quot;' + "y" * kept + "…</span>" in html
+
+
+def test_a_step_opens_in_place_with_its_output_attempts_and_actions(operator_client):
+    run = make_long_run()
+    url = reverse("run_step", args=[run.pk, 3])
+    html = operator_client.get(url, **HTMX).content.decode()
+    assert not html.lstrip().startswith("<!doctype")
+    assert '<pre class="json one-line">{&quot;value&quot;: 3}</pre>' in html
+    assert html.count('class="attempt"') == 1
+    assert '<details class="traceback">' in html
+    assert "Retry from here" in html
+    assert "Edit output…" in html
+    assert 'hx-target="#run-live"' in html
+
+
+def test_a_step_has_a_page_of_its_own_without_javascript(viewer_client):
+    run = make_long_run()
+    response = viewer_client.get(reverse("run_step", args=[run.pk, 3]))
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert html.lstrip().startswith("<!doctype")
+    assert f'<a href="/runs/{run.pk}/#step-3">run #{run.pk} arithmetic</a>' in html
+    assert '<div class="step" hx-disable>' in html  # its forms post without htmx
+    assert "Retry from here" not in html  # viewers
+
+
+def test_a_step_that_does_not_exist_is_not_found(viewer_client):
+    run = make_long_run()
+    assert viewer_client.get(reverse("run_step", args=[run.pk, 999])).status_code == 404
+
+
+def test_a_steps_superseded_checkpoints_show_when_it_opens(viewer_client):
+    run = make_long_run()
+    Checkpoint.objects.filter(run=run, position=2).update(superseded_at=timezone.now())
+    Checkpoint.objects.create(
+        run=run,
+        position=2,
+        name="step_2",
+        status=CheckpointStatus.SUCCEEDED,
+        output={"value": "again"},
+        epoch=1,
+        started_at=timezone.now(),
+        finished_at=timezone.now(),
+    )
+    html = page(viewer_client, run)
+    line = html[html.index('id="step-2"') : html.index('id="step-3"')]
+    assert '<span class="tag">1 superseded</span>' in line
+    assert "epoch 1" in line
+    fragment = viewer_client.get(reverse("run_step", args=[run.pk, 2]), **HTMX).content.decode()
+    assert fragment.count('class="superseded-cp"') == 1
+    assert "&quot;again&quot;" in fragment
+
+
+def test_compact_lines_escape_untrusted_text(viewer_client):
+    payload = '<script>window.__xss=1</script><img src=x onerror="window.__xss=1">'
+    run = make_long_run()
+    Checkpoint.objects.filter(run=run, position=1).update(name=payload, output={"html": payload})
+    Checkpoint.objects.filter(run=run, position=run.steps_done - 1).update(
+        error_type=payload, error_message=payload
+    )
+    Attempt.objects.filter(run=run).update(error_type=payload, name=payload)
+    html = page(viewer_client, run)
+    assert "<script>window.__xss" not in html
+    assert "<img src=x" not in html
+    assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in html
+    fragment = viewer_client.get(reverse("run_step", args=[run.pk, 1]), **HTMX).content.decode()
+    assert "<script>window.__xss" not in fragment
+
+
+def test_long_and_short_runs_take_the_same_number_of_queries(operator_client):
+    short = make_failed_run(steps=2, attempts_per_step=1)
+    long = make_long_run()
+    assert count_queries(operator_client, short) == count_queries(operator_client, long)
+
+
+def test_opening_a_step_takes_a_constant_number_of_queries(viewer_client):
+    def count(run) -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert viewer_client.get(reverse("run_step", args=[run.pk, 1]), **HTMX).status_code == 200
+        return len(queries)
+
+    assert count(make_long_run()) == count(make_long_run(INLINE_STEPS * 3))
+
+
+def test_url_filler_matches_reverse():
+    from runs.views import url_filler
+
+    fill = url_filler("run_step", 42)
+    for position in (0, 7, 1000):
+        assert fill(position) == reverse("run_step", args=[42, position])

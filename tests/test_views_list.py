@@ -94,6 +94,31 @@ def test_it_counts_runs_by_status(viewer_client):
     assert counts[Status.DEAD] == 0
 
 
+def test_status_counts_stop_at_a_cap(viewer_client, monkeypatch):
+    monkeypatch.setattr(views, "COUNT_CAP", 2)
+    for _ in range(3):
+        make_failed_run()
+    make_run(Status.SUCCEEDED)
+    response = viewer_client.get("/")
+    counts = {count["status"]: count for count in response.context["counts"]}
+    assert (counts[Status.FAILED]["count"], counts[Status.FAILED]["capped"]) == (2, True)
+    assert (counts[Status.SUCCEEDED]["count"], counts[Status.SUCCEEDED]["capped"]) == (1, False)
+    assert (counts[""]["count"], counts[""]["capped"]) == (3, True)
+    html = response.content.decode()
+    assert '<span class="n" title="at least 2: counts stop there">2+</span> failed' in html
+    assert '<span class="n">1</span> succeeded' in html
+
+
+def test_capped_counts_take_one_query_and_keep_the_filters():
+    make_failed_run(workflow="a")
+    make_failed_run(workflow="b")
+    make_run(Status.SUCCEEDED, workflow="a")
+    with CaptureQueriesContext(connection) as queries:
+        found = views.capped_counts(Run.objects.filter(workflow="a"), ["failed", "succeeded", "dead"], 10)
+    assert found == {"failed": 1, "succeeded": 1, "dead": 0}
+    assert len(queries) == 1
+
+
 def test_it_filters_by_status_when_a_count_is_clicked(viewer_client):
     failed = make_failed_run()
     make_run(Status.SUCCEEDED)
@@ -271,8 +296,8 @@ def test_it_issues_the_same_number_of_queries_for_any_number_of_rows(viewer_clie
 def test_its_query_count_stays_small(viewer_client, django_assert_max_num_queries):
     for index in range(30):
         make_run([Status.SUCCEEDED, Status.FAILED, Status.RUNNING][index % 3], 2)
-    # session, user, permissions (2), counts, page, typical steps
-    with django_assert_max_num_queries(7):
+    # session, user, permissions (2), counts, page, typical steps, model usage
+    with django_assert_max_num_queries(8):
         viewer_client.get("/")
 
 

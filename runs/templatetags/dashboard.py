@@ -1,21 +1,33 @@
 """Template helpers of the operator dashboard: durations, JSON blocks, SVG pictures.
 
 Pictures are computed here as numbers and drawn by templates, so every piece of
-text that reaches the page (step names, error messages) is autoescaped.
+text that reaches the page (step names, error messages) is autoescaped. Two
+things repeat a thousand times on a long run's page, the compact step lines and
+the timeline's bars; those are drawn here, with every piece of text passed
+through `_escape`, because the template engine takes ~50 µs per line.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from django import template
 from django.utils import timezone
+from django.utils.safestring import SafeString, mark_safe
 
 register = template.Library()
+
+
+def _escape(text: Any) -> str:
+    """What autoescaping does to text (Django's escape is html.escape), without its
+    lazy-string checks, for the markup drawn here a thousand times a page."""
+    return html.escape(str(text))
+
 
 # Inline JSON beyond this many characters is cut, with a link to the full value.
 JSON_CAP = 20_000
@@ -155,8 +167,7 @@ def truncate_chars(value: str, limit: int = 160) -> str:
 # --- the run timeline -------------------------------------------------------------
 
 
-@dataclass
-class Bar:
+class Bar(NamedTuple):
     x: float
     y: float
     width: float
@@ -166,11 +177,10 @@ class Bar:
     title: str
 
 
-@dataclass
-class Lane:
+class Lane(NamedTuple):
     label: str
     text_y: float
-    bars: list[Bar] = field(default_factory=list)
+    bars: tuple[Bar, ...]  # tuples of plain values: the garbage collector soon stops tracking them
 
 
 @dataclass
@@ -183,6 +193,20 @@ class Timeline:
     now_x: float | None
     # With too many lanes to name each, the first and last position are named.
     edge_labels: list[dict[str, Any]] = field(default_factory=list)
+
+    def marks(self) -> SafeString:
+        """Every lane's label and bars as SVG; step names and errors are escaped."""
+        parts = []
+        for lane in self.lanes:
+            if self.show_labels:
+                parts.append(f'<text class="lane-label" x="4" y="{lane.text_y}">{_escape(lane.label)}</text>')
+            for bar in lane.bars:
+                kind = _escape(bar.kind) + (" superseded" if bar.superseded else "")
+                parts.append(
+                    f'<rect class="bar tl-{kind}" x="{bar.x}" y="{bar.y}" width="{bar.width}" '
+                    f'height="{bar.height}"><title>{_escape(bar.title)}</title></rect>'
+                )
+        return mark_safe("".join(parts))
 
 
 CHART_WIDTH = 1000
@@ -219,7 +243,7 @@ class _Scale:
 def _lane(step, index: int, row: float, scale: _Scale) -> Lane:
     top = AXIS_HEIGHT + index * row
     gap = row * 0.15 if row >= 4 else 0
-    lane = Lane(label=f"{step.position} {step.name}"[:26], text_y=round(top + row * 0.75, 2))
+    bars = []
 
     def bar(begin, finish, kind, superseded, what) -> Bar:
         seconds = (finish - begin).total_seconds()
@@ -230,18 +254,18 @@ def _lane(step, index: int, row: float, scale: _Scale) -> Lane:
     for attempt in step.attempts:
         what = f"attempt {attempt.number} failed: {attempt.error_type}"
         superseded = bool(attempt.superseded_at)
-        lane.bars.append(bar(attempt.started_at, attempt.finished_at, "attempt", superseded, what))
+        bars.append(bar(attempt.started_at, attempt.finished_at, "attempt", superseded, what))
     for branch in step.branches:
         if branch.started_at is None:
             continue
         what = f"branch {branch.index} {branch.name}: {branch.status}"
         finished = branch.finished_at or scale.now
         kind = branch.status if branch.status in ("succeeded", "failed") else "running"
-        lane.bars.append(bar(branch.started_at, finished, kind, bool(branch.superseded_at), what))
+        bars.append(bar(branch.started_at, finished, kind, bool(branch.superseded_at), what))
     for cp in step.all_checkpoints:
         what = cp.status + (" (superseded)" if cp.superseded_at else "")
-        lane.bars.append(bar(cp.started_at, cp.finished_at, cp.status, bool(cp.superseded_at), what))
-    return lane
+        bars.append(bar(cp.started_at, cp.finished_at, cp.status, bool(cp.superseded_at), what))
+    return Lane(f"{step.position} {step.name}"[:26], round(top + row * 0.75, 2), tuple(bars))
 
 
 def build_timeline(run, steps, now: datetime | None = None) -> Timeline | None:
@@ -280,6 +304,61 @@ def build_timeline(run, steps, now: datetime | None = None) -> Timeline | None:
 @register.inclusion_tag("runs/_timeline.html")
 def run_timeline(run, steps):
     return {"timeline": build_timeline(run, steps), "run": run}
+
+
+# --- compact step lines ----------------------------------------------------------------
+
+
+def _plural(count: int, word: str, plural: str = "") -> str:
+    return f"{count} {word if count == 1 else plural or word + 's'}"
+
+
+def step_facts(step, status: str, run) -> str:
+    """The facts of a compact step line, as escaped HTML."""
+    cp = step.checkpoint
+    facts = []
+    if cp is not None:
+        epoch = f" · epoch {cp.epoch}" if cp.epoch else ""
+        facts.append(
+            f'<span class="muted">{duration(cp.duration)} · {_plural(cp.attempts, "attempt")}{epoch}</span>'
+        )
+        if cp.edited_from_id:
+            facts.append('<span class="tag">edited by an operator</span>')
+    elif status == "retrying":
+        wake = f"; next attempt {ago(run.wake_at)}" if run.wait_kind == "retry" and run.wake_at else ""
+        facts.append(f'<span class="muted">{_plural(step.live_attempts, "failed attempt")}{wake}</span>')
+    if step.superseded:
+        facts.append(f'<span class="tag">{len(step.superseded)} superseded</span>')
+    if step.branches:
+        facts.append(f'<span class="tag">{_plural(len(step.branches), "branch", "branches")}</span>')
+    if status == "failed":
+        facts.append(
+            f'<span class="preview"><strong class="etype">{_escape(cp.error_type)}</strong> '
+            f'<span class="emsg">{_escape(truncate_chars(cp.error_message, 160))}</span></span>'
+        )
+    elif preview := step.preview:
+        facts.append(f'<span class="preview mono">{_escape(preview)}</span>')
+    return " ".join(facts)
+
+
+@register.simple_tag
+def step_lines(run, steps) -> SafeString:
+    """One line per step that opens (htmx) on everything recorded at its position;
+    without JavaScript, the step's own page."""
+    lines = []
+    for step in steps:
+        status, url = step.status, _escape(step.url)
+        label = _escape(status)
+        lines.append(
+            f'<li id="step-{step.position}" class="step st-{label}">'
+            f'<details class="step-more" hx-get="{url}" hx-trigger="toggle once" hx-target="find .step-body">'
+            f'<summary class="step-head"><span class="pos">#{step.position}</span> '
+            f'<span class="name mono">{_escape(step.name)}</span> '
+            f'<span class="badge st-{label}">{label}</span> '
+            f"{step_facts(step, status, run)}</summary>"
+            f'<div class="step-body"><a href="{url}">Show this step</a></div></details></li>'
+        )
+    return mark_safe("".join(lines))
 
 
 # --- runs per hour ------------------------------------------------------------------

@@ -18,6 +18,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
 
+from agents.models import ProviderCall
 from runs.models import AuditEntry, Run, Status, WaitKind
 from steps.models import Attempt, Checkpoint, CheckpointStatus
 
@@ -44,6 +45,9 @@ WORKFLOWS = {
     "invoice_payment": ["validate_invoice", "charge_card", "send_receipt"],
     "nightly_report": ["fetch_metrics", "aggregate", "render_pdf", "email_report"],
 }
+
+# Model of the seeded LLM steps (priced like claude-sonnet-4-5: $3 / $15 per million tokens).
+SEED_MODEL = "claude-sonnet-4-5"
 
 ERRORS = [
     ("TimeoutError", "payment provider did not answer in time"),
@@ -249,7 +253,14 @@ class Seeder:
         if name.startswith("llm"):
             tokens_in, tokens_out = self.rng.randint(200, 6000), self.rng.randint(50, 1200)
             output = {"text": f"Draft {position}: " + "lorem ipsum " * self.rng.randint(2, 20)}
-            meta = {"model": "claude-sonnet", "input_tokens": tokens_in, "output_tokens": tokens_out}
+            meta = {
+                "provider": "seed",
+                "model": SEED_MODEL,
+                "input_tokens": tokens_in,
+                "output_tokens": tokens_out,
+                "cost_usd": round((tokens_in * 3.0 + tokens_out * 15.0) / 1e6, 8),
+                "latency_ms": int(seconds * 1000),
+            }
         elif name == "signal:approve":
             output = {"payload": {"approved": True, "by": "ops"}, "signal_id": None}
         return Checkpoint(
@@ -277,6 +288,24 @@ class Seeder:
             started_at=attempt.started_at,
             finished_at=attempt.finished_at,
         )
+
+    def provider_calls(self, checkpoints: list[Checkpoint]) -> list[ProviderCall]:
+        """What the model provider billed for the seeded LLM steps, as agents.llm records it."""
+        return [
+            ProviderCall(
+                run=cp.run,
+                position=cp.position,
+                provider="seed",
+                model=SEED_MODEL,
+                input_tokens=cp.meta["input_tokens"],
+                output_tokens=cp.meta["output_tokens"],
+                cost_usd=cp.meta["cost_usd"],
+                latency_ms=cp.meta["latency_ms"],
+                created_at=cp.finished_at,
+            )
+            for cp in checkpoints
+            if cp.meta
+        ]
 
     def audit_for(self, run: Run) -> list[AuditEntry]:
         return [
@@ -338,12 +367,14 @@ class Command(BaseCommand):
             checkpoints += run_checkpoints
             attempts += run_attempts
             audit += run_audit
+        calls = seeder.provider_calls(checkpoints)
         with transaction.atomic():
             # Sets each run's id (RETURNING); the rows above pick it up when they are saved.
             Run.objects.bulk_create([plan.run for plan in plans])
             Checkpoint.objects.bulk_create(checkpoints, batch_size=5000)
             Attempt.objects.bulk_create(attempts, batch_size=5000)
             AuditEntry.objects.bulk_create(audit, batch_size=5000)
+            ProviderCall.objects.bulk_create(calls, batch_size=5000)
         totals[0] += len(checkpoints)
         totals[1] += len(attempts)
         totals[2] += len(audit)
