@@ -147,7 +147,10 @@ class ChaosRun:
             )
             if unfinished == 0:
                 return
-            if chaos and time.monotonic() >= next_kill:
+            # Prefer a moment when some worker is inside a step, waiting up to a few
+            # seconds for one: a kill between steps proves less.
+            due = chaos and time.monotonic() >= next_kill
+            if due and (self.busy_pids() or time.monotonic() >= next_kill + 3):
                 self.kill_something()
                 next_kill = time.monotonic() + self.random.uniform(*self.config.kill_interval)
             elapsed = time.monotonic() - started
@@ -161,17 +164,18 @@ class ChaosRun:
                     self.restart_database()
             time.sleep(0.1)
 
-    def kill_something(self) -> None:
-        """SIGKILL a whole worker or one of its pool processes, preferring one that holds a run."""
-        busy = set(
+    def busy_pids(self) -> set[int]:
+        """Processes holding a running run's lease right now."""
+        running = Run.objects.filter(status=Status.RUNNING).values("lease_owner")
+        return set(
             retrying(
-                lambda: list(
-                    WorkerProcess.objects.filter(
-                        name__in=Run.objects.filter(status=Status.RUNNING).values("lease_owner")
-                    ).values_list("pid", flat=True)
-                )
+                lambda: list(WorkerProcess.objects.filter(name__in=running).values_list("pid", flat=True))
             )
         )
+
+    def kill_something(self) -> None:
+        """SIGKILL a whole worker or one of its pool processes, preferring one that holds a run."""
+        busy = self.busy_pids()
         trees = {worker: process_tree(worker.pid) for worker in self.workers if worker.poll() is None}
         holding = [worker for worker, tree in trees.items() if busy & set(tree)]
         victim = self.random.choice(holding or list(trees))
