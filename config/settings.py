@@ -196,6 +196,7 @@ if CELERY_BROKER_URL.split("://", 1)[0] not in ("filesystem", "redis", "rediss",
     )
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
 if CELERY_BROKER_URL.startswith("filesystem://"):
+    CELERY_BROKER_TRANSPORT = "runs.broker:Transport"  # writes each message atomically
     BROKER_DIR = Path(os.environ.get("DURABLE_BROKER_DIR", VAR_DIR / "broker"))
     BROKER_DIR.mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
