@@ -105,7 +105,7 @@ def test_status_counts_stop_at_a_cap(viewer_client, monkeypatch):
     assert (counts[Status.SUCCEEDED]["count"], counts[Status.SUCCEEDED]["capped"]) == (1, False)
     assert (counts[""]["count"], counts[""]["capped"]) == (3, True)
     html = response.content.decode()
-    assert '<span class="n" title="at least 2: counts stop there">2+</span> failed' in html
+    assert '<span class="n" title="at least 2: counting stops there">2+</span> failed' in html
     assert '<span class="n">1</span> succeeded' in html
 
 
@@ -278,18 +278,34 @@ def test_it_escapes_untrusted_text(viewer_client):
     assert "<b>step</b>" not in html
 
 
-@pytest.mark.parametrize("statuses", [["succeeded", "failed", "running"]])
-def test_it_issues_the_same_number_of_queries_for_any_number_of_rows(viewer_client, statuses):
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/",
+        "/?status=failed",
+        "/?workflow=arithmetic",
+        "/?q=alpha",
+        "/?q={first}",
+        "/?started_after=2000-01-01T00:00",
+    ],
+)
+def test_it_issues_the_same_number_of_queries_for_any_number_of_rows(viewer_client, url):
+    statuses = ["succeeded", "failed", "running"]
+
     def count_queries() -> int:
         with CaptureQueriesContext(connection) as queries:
-            assert viewer_client.get("/").status_code == 200
+            assert viewer_client.get(url).status_code == 200
         return len(queries)
 
+    first = None
     for status in statuses:
-        make_run(status, 2, attempts_per_step=1, lease_owner="w1" if status == "running" else "")
+        lease = "w1" if status == "running" else ""
+        run = make_run(status, 2, attempts_per_step=1, lease_owner=lease, input={"x": "alpha"})
+        first = first or run
+    url = url.format(first=first.pk)  # a run id search finds that run
     few = count_queries()
-    for index in range(40):
-        make_run(statuses[index % 3], 3, attempts_per_step=1, lease_owner="w1")
+    for index in range(60):
+        make_run(statuses[index % 3], 3, attempts_per_step=1, lease_owner="w1", input={"x": "alpha"})
     assert count_queries() == few
 
 
@@ -431,3 +447,87 @@ def test_the_overview_says_when_nothing_happened(viewer_client):
 def test_waiting_rows_say_what_they_wait_for(viewer_client):
     make_run(Status.WAITING, 1, wait_kind=WaitKind.SIGNAL, wait_signal="approve")
     assert "signal “approve”" in viewer_client.get("/").content.decode()
+
+
+# --- text search, a window at a time -------------------------------------------------------
+
+
+def test_a_text_search_reads_one_window_of_runs_at_a_time(viewer_client, monkeypatch):
+    monkeypatch.setattr(views, "SEARCH_WINDOW", 4)
+    runs = [make_run(steps=0, input={"x": "needle" if index % 2 else "hay"}) for index in range(10)]
+    needles = [run.pk for run in reversed(runs) if run.input["x"] == "needle"]
+
+    first = viewer_client.get("/?q=needle")
+    page = first.context["page"]
+    assert row_ids(first) == needles[:2]  # the 4 newest runs hold 2 needles
+    low, high = page.searched
+    assert (high - low, high) == (4, runs[-1].pk + 1)
+    assert page.older == low
+    assert "these results and the counts above cover runs" in first.content.decode()
+    counts = {count["status"]: count for count in first.context["counts"]}
+    assert (counts[""]["count"], counts[""]["capped"]) == (2, False)
+
+    second = viewer_client.get(f"/?q=needle&before={page.older}")
+    assert row_ids(second) == needles[2:4]
+    assert second.context["page"].newer == low - 1
+    back = viewer_client.get(f"/?q=needle&after={second.context['page'].newer}")
+    assert row_ids(back) == needles[:2]
+
+
+def test_a_run_id_is_found_outside_the_search_window(viewer_client, monkeypatch):
+    monkeypatch.setattr(views, "SEARCH_WINDOW", 2)
+    wanted = make_run(input={"x": "alpha"})
+    for _ in range(5):
+        make_run(input={"x": "beta"})
+    assert row_ids(viewer_client.get(f"/?q=%23{wanted.pk}")) == [wanted.pk]
+    assert row_ids(viewer_client.get(f"/?q={wanted.pk}&status=succeeded")) == [wanted.pk]
+    assert row_ids(viewer_client.get(f"/?q={wanted.pk}&status=failed")) == []
+
+
+def test_a_search_with_no_match_in_its_window_offers_the_next(viewer_client, monkeypatch):
+    monkeypatch.setattr(views, "SEARCH_WINDOW", 3)
+    old = make_run(input={"x": "needle"})
+    for _ in range(6):
+        make_run(input={"x": "hay"})
+    page = viewer_client.get("/?q=needle").context["page"]
+    assert page.runs == []
+    assert page.older is not None
+    while old.pk not in [run.pk for run in page.runs]:
+        assert page.older, "the search never reached the old run"
+        page = viewer_client.get(f"/?q=needle&before={page.older}").context["page"]
+
+
+# --- started between: ordered by start time --------------------------------------------------
+
+
+def test_filtered_by_start_time_the_list_is_ordered_by_start_time(viewer_client, monkeypatch):
+    monkeypatch.setattr(views, "PAGE_SIZE", 2)
+    ages = [5, 1, 4, 2, 3]  # hours; ids do not follow start times
+    runs = [make_run(steps=0, created_ago=timedelta(hours=age)) for age in ages]
+    by_start = [run.pk for run in sorted(runs, key=lambda run: run.created_at, reverse=True)]
+    since = (timezone.now() - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+
+    first = viewer_client.get(f"/?started_after={since}")
+    assert row_ids(first) == by_start[:2]
+    second = viewer_client.get(f"/?started_after={since}&before={first.context['page'].older}")
+    assert row_ids(second) == by_start[2:4]
+    assert second.context["page"].newer == by_start[2]
+    back = viewer_client.get(f"/?started_after={since}&after={second.context['page'].newer}")
+    assert row_ids(back) == by_start[:2]
+
+
+def test_counts_filtered_by_start_time_are_lower_bounds_beyond_a_sample(viewer_client, monkeypatch):
+    monkeypatch.setattr(views, "START_SAMPLE", 3)
+    for status in ("failed", "failed", "succeeded", "succeeded", "running"):
+        make_run(status, 1, lease_owner="w")
+    since = (timezone.now() - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+    counts = {c["status"]: c for c in viewer_client.get(f"/?started_after={since}").context["counts"]}
+    assert (counts[""]["count"], counts[""]["capped"]) == (3, True)
+    assert all(
+        counts[status]["capped"] for status in ("failed", "succeeded", "running") if counts[status]["count"]
+    )
+    assert not counts[Status.DEAD]["capped"]
+    monkeypatch.setattr(views, "START_SAMPLE", 10)
+    counts = {c["status"]: c for c in viewer_client.get(f"/?started_after={since}").context["counts"]}
+    assert (counts[""]["count"], counts[""]["capped"]) == (5, False)
+    assert counts[Status.FAILED]["count"] == 2
