@@ -38,7 +38,7 @@ PHASES = ("throughput", "checkpoint_bytes", "floor", "recovery", "memory", "page
 
 @dataclass
 class BenchConfig:
-    processes: int = 8
+    processes: int = 2  # Celery's default: one per CPU on this 2-core machine
     runs: int = 20
     steps: int = 100
     floor_rows: int = 2000
