@@ -89,22 +89,6 @@ INLINE_STEPS = 50
 # Characters of a step's output, and of a failed step's error message, on its compact line.
 PREVIEW_CHARS = 100
 ERROR_CHARS = 160
-# The columns of a CheckpointLine, in order.
-CHECKPOINT_LINE = (
-    "id",
-    "position",
-    "name",
-    "status",
-    "error_type",
-    "error_head",
-    "attempts",
-    "epoch",
-    "started_at",
-    "finished_at",
-    "superseded_at",
-    "edited_from_id",
-    "output_head",
-)
 # Statuses in the order operators scan them; any status added later goes last.
 _SCAN_ORDER = ("running", "waiting", "pending", "queued", "failed", "dead", "succeeded", "cancelled")
 STATUS_ORDER = sorted(
@@ -570,6 +554,24 @@ class CheckpointLine(NamedTuple):
     @property
     def duration(self) -> timedelta:
         return self.finished_at - self.started_at
+
+
+# The columns a CheckpointLine is read from, in its fields' order.
+CHECKPOINT_LINE = (
+    "id",
+    "position",
+    "name",
+    "status",
+    "error_type",
+    "error_head",
+    "attempts",
+    "epoch",
+    "started_at",
+    "finished_at",
+    "superseded_at",
+    "edited_from_id",
+    "output_head",
+)
 
 
 @dataclass(slots=True)

@@ -652,3 +652,17 @@ def test_url_filler_matches_reverse():
     fill = url_filler("run_step", 42)
     for position in (0, 7, 1000):
         assert fill(position) == reverse("run_step", args=[42, position])
+
+
+def test_a_compact_line_counts_its_finished_branches(viewer_client):
+    run = make_long_run()
+    now = timezone.now()
+    for index, status in enumerate(["succeeded", "running", "failed"]):
+        Branch.objects.create(
+            run=run, position=5, index=index, name="b", target="m:f", status=status, started_at=now
+        )
+    html = page(viewer_client, run)
+    line = html[html.index('id="step-5"') : html.index('id="step-6"')]
+    assert '<span class="tag">2 of 3 branches done</span>' in line
+    fragment = viewer_client.get(reverse("run_step", args=[run.pk, 5]), **HTMX).content.decode()
+    assert fragment.count("<tr class=") == 3

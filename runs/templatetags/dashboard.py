@@ -330,7 +330,9 @@ def step_facts(step, status: str, run) -> str:
     if step.superseded:
         facts.append(f'<span class="tag">{len(step.superseded)} superseded</span>')
     if step.branches:
-        facts.append(f'<span class="tag">{_plural(len(step.branches), "branch", "branches")}</span>')
+        live = [branch for branch in step.branches if branch.superseded_at is None]
+        done = sum(1 for branch in live if branch.status in ("succeeded", "failed"))
+        facts.append(f'<span class="tag">{done} of {_plural(len(live), "branch", "branches")} done</span>')
     if status == "failed":
         facts.append(
             f'<span class="preview"><strong class="etype">{_escape(cp.error_type)}</strong> '

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from agents.models import ProviderCall
@@ -322,6 +322,19 @@ class Seeder:
         return [begin + timedelta(seconds=5 * (i + 1)) for i in range(run.recovery_count)]
 
 
+def analyze() -> None:
+    """Refresh PostgreSQL's statistics and visibility map after the bulk load, as one would
+    after any: until autovacuum gets to it, the planner knows nothing of the new rows and
+    index-only scans read the table too. (SQLite keeps no statistics unless asked.)"""
+    if connection.vendor != "postgresql":
+        return
+    tables = [model._meta.db_table for model in (Run, Checkpoint, Attempt, AuditEntry, ProviderCall)]
+    # VACUUM cannot run inside a transaction (a caller's atomic block, a test); ANALYZE can.
+    command = "ANALYZE" if connection.in_atomic_block else "VACUUM ANALYZE"
+    with connection.cursor() as cursor:
+        cursor.execute(f"{command} {', '.join(map(connection.ops.quote_name, tables))}")
+
+
 class Command(BaseCommand):
     help = "Seed N synthetic runs with steps, failed attempts and audit entries (demos, page speed)."
 
@@ -353,6 +366,7 @@ class Command(BaseCommand):
         if long_run:
             self.write(seeder, [seeder.plan(count, steps=long_run, status=Status.SUCCEEDED)], totals)
         runs = count + (1 if long_run else 0)
+        analyze()
         self.stdout.write(
             self.style.SUCCESS(
                 f"Seeded {runs} runs, {totals[0]} checkpoints, {totals[1]} failed attempts, "
