@@ -324,6 +324,9 @@ class Run(models.Model):
             models.Index(fields=["workflow", "-id"], name="run_workflow_id"),
             # Overview (runs started in the last 24 h) and the started-between filter.
             models.Index(fields=["created_at"], name="run_created_at"),
+            # Started-between combined with a status or a workflow filter, newest first.
+            models.Index(fields=["status", "created_at"], name="run_status_created"),
+            models.Index(fields=["workflow", "created_at"], name="run_workflow_created"),
             # Admission: slots in use and the queued line, per workflow.
             models.Index(fields=["workflow", "status", "-priority", "id"], name="run_admission"),
             # Child runs: a parent's children by position.
