@@ -218,6 +218,8 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # loss (default 10 s). Results are not used here, and the report is what recovers the
 # child's run at once (runs.tasks.recover_after_lost_child).
 CELERY_WORKER_LOST_WAIT = 0.2
+# The prefork pool with a prompter supervisor (see runs/pool.py); --pool=prefork uses it too.
+CELERY_WORKER_POOL = "runs.pool:TaskPool"
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 # --- Durable runtime ----------------------------------------------------------
