@@ -129,13 +129,8 @@ class CheckpointAdmin(RunLink, admin.ModelAdmin):
             self.message_user(request, str(exc), messages.ERROR)
 
 
-@admin.register(Attempt)
-class AttemptAdmin(RunLink, admin.ModelAdmin):
-    list_display = ("id", "run_link", "position", "name", "number", "error_type", "finished_at", "live")
-    list_filter = (LiveListFilter, "finished_at")
-    search_fields = ("=run__id", "name", "error_type")
-    show_full_result_count = False
-    list_per_page = 100
+class ReadOnlyHistory:
+    """History the engine writes once: shown, never added, edited or deleted here."""
 
     @admin.display(boolean=True, description="live")
     def live(self, obj) -> bool:
@@ -151,8 +146,17 @@ class AttemptAdmin(RunLink, admin.ModelAdmin):
         return False
 
 
+@admin.register(Attempt)
+class AttemptAdmin(ReadOnlyHistory, RunLink, admin.ModelAdmin):
+    list_display = ("id", "run_link", "position", "name", "number", "error_type", "finished_at", "live")
+    list_filter = (LiveListFilter, "finished_at")
+    search_fields = ("=run__id", "name", "error_type")
+    show_full_result_count = False
+    list_per_page = 100
+
+
 @admin.register(Branch)
-class BranchAdmin(RunLink, admin.ModelAdmin):
+class BranchAdmin(ReadOnlyHistory, RunLink, admin.ModelAdmin):
     """Calls of parallel groups; the engine owns their state, so the admin only shows them."""
 
     list_display = (
@@ -170,16 +174,3 @@ class BranchAdmin(RunLink, admin.ModelAdmin):
     search_fields = ("=run__id", "name", "error_type")
     show_full_result_count = False
     list_per_page = 100
-
-    @admin.display(boolean=True, description="live")
-    def live(self, obj) -> bool:
-        return obj.superseded_at is None
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
