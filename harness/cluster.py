@@ -122,7 +122,7 @@ def wipe_broker(queue: str) -> None:
     if url.startswith("redis"):
         import redis
 
-        redis.Redis.from_url(url).flushall()
+        redis.Redis.from_url(url).flushdb()  # only this database: others may share the server
     elif url.startswith("filesystem://"):
         folder = Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"])
         for message in folder.glob(f"*.{queue}.msg"):
