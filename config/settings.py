@@ -85,6 +85,25 @@ def database_from_env() -> dict:
     elif engine == "django.db.backends.postgresql":
         config["CONN_MAX_AGE"] = envint("DATABASE_CONN_MAX_AGE", 60)
         config["CONN_HEALTH_CHECKS"] = True
+        idle_in_transaction = envfloat("DURABLE_DB_IDLE_IN_TRANSACTION_TIMEOUT", 60.0, minimum=0)
+        lock_wait = envfloat("DURABLE_DB_LOCK_TIMEOUT", 10.0, minimum=0)
+        config["OPTIONS"] = {
+            **config.get("OPTIONS", {}),
+            # A partitioned peer's session dies within ~30 s (10 s idle, then 4 probes 5 s
+            # apart) instead of when TCP gives up, hours later, releasing its locks.
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 4,
+            "tcp_user_timeout": 30_000,
+            # A frozen worker (SIGSTOP, a paused VM) inside a transaction loses the
+            # transaction, and its row locks, after this long; and no statement waits on a
+            # lock for longer than DURABLE_DB_LOCK_TIMEOUT (0 turns either off).
+            "options": (
+                f"-c idle_in_transaction_session_timeout={int(idle_in_transaction * 1000)} "
+                f"-c lock_timeout={int(lock_wait * 1000)}"
+            ),
+        }
         config["TEST"] = {"NAME": f"test_{config['NAME']}_{os.getpid()}"}
     else:
         raise ImproperlyConfigured(
@@ -284,6 +303,16 @@ CELERY_BEAT_SCHEDULE = {
 }
 # Tests that drive the engine in-process turn the heartbeat thread off.
 DURABLE_HEARTBEAT_THREAD = envbool("DURABLE_HEARTBEAT_THREAD", True)
+# The longest a step may run when it sets no timeout of its own (0: no limit). Past it the
+# attempt is interrupted and fails with StepTimeout; a step stuck in C code that ignores
+# the interruption has its pool process killed 30 s later (runs.liveness).
+DURABLE_MAX_STEP_SECONDS = envfloat("DURABLE_MAX_STEP_SECONDS", 3600.0, minimum=0)
+# How long one delivery executes a run before handing it back to the queue at a step
+# boundary: below Redis's visibility timeout (1 h) and RabbitMQ's consumer timeout (30 min).
+DURABLE_DELIVERY_SECONDS = envfloat("DURABLE_DELIVERY_SECONDS", 300.0, minimum=0.01)
+# Maintenance (sweep, recoveries, wake-ups) never waits on a row lock longer than this.
+DURABLE_MAINTENANCE_LOCK_TIMEOUT = envfloat("DURABLE_MAINTENANCE_LOCK_TIMEOUT", 0.2, minimum=0.001)
+DURABLE_MAINTENANCE_STATEMENT_TIMEOUT = envfloat("DURABLE_MAINTENANCE_STATEMENT_TIMEOUT", 10.0, minimum=0.01)
 
 
 # --- Agents (issue 4) -----------------------------------------------------------

@@ -1,11 +1,11 @@
-"""A worker bootstep that makes the pool report a killed child within a fraction of a second.
+"""Worker bootsteps: the liveness supervisor, and prompt reports of killed pool processes.
 
-When a prefork child dies mid-task, billiard notices the exit at once but reports the
-task as lost (WorkerLostError, which runs.tasks turns into an immediate recovery of
-the run) only on its *next* pool maintenance, which otherwise comes every 5 seconds.
-This step runs that maintenance four times a second. No Django imports here: the
-Celery app loads this module before Django is set up.
+No Django imports at module level: the Celery app loads this module before Django is set up.
 """
+
+import os
+import socket
+import uuid
 
 from celery import bootsteps
 
@@ -13,9 +13,41 @@ MAINTENANCE_INTERVAL = 0.25  # seconds
 
 
 class PromptChildLossReports(bootsteps.StartStopStep):
+    """Run billiard's pool maintenance four times a second (it otherwise comes every 5 s),
+    so a killed pool process is replaced at once."""
+
     requires = {"celery.worker.components:Pool", "celery.worker.components:Hub"}
 
     def start(self, worker):
         maintain = getattr(worker.pool, "maintain_pool", None)
         if worker.hub is not None and maintain is not None:
             worker.hub.call_repeatedly(MAINTENANCE_INTERVAL, maintain)
+
+
+class LivenessSupervisor(bootsteps.StartStopStep):
+    """Beats for the pool processes from the main process, which runs no steps (runs.liveness)."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, worker, **kwargs):
+        super().__init__(worker, **kwargs)
+        # Named before the pool forks, so that every pool process inherits the name.
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        os.environ["DURABLE_SUPERVISOR"] = self.name
+        self.supervisor = None
+
+    def start(self, worker):
+        from runs.liveness import Supervisor
+
+        self.supervisor = Supervisor(self.name, lambda: pool_pids(worker.pool))
+        self.supervisor.start()
+
+    def stop(self, worker):
+        if self.supervisor is not None:
+            self.supervisor.stop()
+
+
+def pool_pids(pool) -> list[int]:
+    """The pids of a prefork pool's processes; none for the solo and thread pools."""
+    processes = getattr(getattr(pool, "_pool", None), "_pool", None) or []
+    return [process.pid for process in list(processes) if process.pid]

@@ -9,15 +9,17 @@ writes go through methods of runs.models.Run.
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import Error as DatabaseFailure
 from django.utils import timezone
 
-from runs import heartbeat
+from runs import liveness
 from runs.models import Run, WaitKind, ensure_json
 from runs.workflow import (
     NonDeterminismError,
@@ -30,9 +32,9 @@ from runs.workflow import (
     registry,
     step_definition,
 )
-from steps.models import BranchStatus, Checkpoint, CheckpointStatus
+from steps.models import Attempt, BranchStatus, Checkpoint, CheckpointStatus
 from steps.retry import StepOutputError
-from steps.timeouts import call_with_timeout
+from steps.timeouts import call_with_timeout, step_time_limit
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,8 @@ class RunContext:
         self._recorded = {checkpoint.position: checkpoint for checkpoint in recorded}
         self._position = 0
         self._first_fresh = run.steps_done
+        # This delivery hands the run back at the first step boundary past its budget.
+        self._hand_back_at = time.monotonic() + settings.DURABLE_DELIVERY_SECONDS
         self.stopped: _Stop | None = None
         self.diverged: NonDeterminismError | None = None
 
@@ -284,6 +288,10 @@ class RunContext:
         return recorded
 
     def _execute(self, definition: StepDefinition, position: int, args: tuple, kwargs: dict) -> Any:
+        if time.monotonic() > self._hand_back_at:
+            # Bounded deliveries: none outlives a broker's redelivery or consumer timeout,
+            # and long runs take turns with the others on the queue.
+            self._stop(self._db(self._run.hand_back, self._token))
         if definition.rate_limit is not None:
             retry_at = self._db(definition.rate_limit.acquire)
             if retry_at is not None:  # waits without holding a worker, and is not an attempt
@@ -291,6 +299,8 @@ class RunContext:
         attempt = 1
         if position == self._first_fresh:
             attempt += self._db(self._run.failed_attempts_at, position)
+            if attempt > definition.retry.max_attempts:
+                self._attempts_spent(definition, position, attempt - 1)
         started = timezone.now()
         info = StepInfo(
             run_id=self.run_id,
@@ -301,7 +311,7 @@ class RunContext:
         )
         reset = _current_step.set(info)
         try:
-            value = call_with_timeout(definition.fn, args, kwargs, definition.timeout)
+            value = call_with_timeout(definition.fn, args, kwargs, step_time_limit(definition.timeout))
             try:
                 value = ensure_json(value, f"the output of step {definition.name!r}")
             except ValueError as exc:
@@ -319,6 +329,26 @@ class RunContext:
             meta=info.meta or None,
         )
         return value
+
+    def _attempts_spent(self, definition: StepDefinition, position: int, attempts: int):
+        """Its attempts ran out outside this process (interrupted from outside): fail it now."""
+        last = self._db(Attempt.objects.live().filter(run_id=self.run_id, position=position).last)
+        error = dict(error_type=last.error_type, error_message=last.error_message, error_traceback="")
+        outcome = self._db(
+            self._run.record_checkpoint,
+            self._token,
+            position=position,
+            name=definition.name,
+            status=CheckpointStatus.FAILED,
+            attempts=attempts,
+            epoch=self._run.epoch,
+            started_at=last.started_at,
+            finished_at=last.finished_at,
+            **error,
+        )
+        if outcome != "ok":
+            self._stop(outcome)
+        raise StepFailed(definition.name, position, error["error_type"], error["error_message"], "")
 
     def _failed(self, definition: StepDefinition, position: int, attempt: int, started, exc: Exception):
         error = describe(exc)
@@ -396,8 +426,7 @@ class RunContext:
     def _db(self, method, *args, **kwargs):
         """Call a model write; a database failure stops the run here, it does not fail it.
 
-        The run stays leased to this process, which gives it back for recovery once
-        the database answers again (see runs.heartbeat.release_abandoned).
+        execute_run then gives the run back for dispatch once the database answers again.
         """
         try:
             return method(*args, **kwargs)
@@ -414,12 +443,18 @@ class RunContext:
 
 def execute_run(run_id: int, token: str | None = None) -> str:
     """Advance one run as far as it will go. Returns what happened, for logs and tests."""
-    token = token or uuid.uuid4().hex
-    owner = heartbeat.process_name()
-    with heartbeat.executing(token):
-        if not Run.objects.claim(run_id, owner, token):
-            return "skipped"  # already claimed, finished, or cancelled: a duplicate doorbell
-        return _advance(Run.objects.get(pk=run_id), token)
+    token = token or uuid.uuid4().hex  # each claim its own token
+    if not Run.objects.claim(run_id, liveness.process_name(), token):
+        return "skipped"  # already claimed, finished, or cancelled: a duplicate doorbell
+    try:
+        outcome = _advance(Run.objects.get(pk=run_id), token)
+    except DatabaseFailure:
+        log.warning("run %s: database error; giving it back", run_id, exc_info=True)
+        outcome = "database-error"
+    if outcome == "database-error":
+        # Not the workflow's fault, and not a lost worker: dispatch it again, uncounted.
+        liveness.give_back(run_id, token, "a database error stopped its worker")
+    return outcome
 
 
 def _advance(run: Run, token: str) -> str:

@@ -10,28 +10,32 @@ import logging
 import uuid
 from datetime import timedelta
 
+from django.db import DatabaseError
 from django.utils import timezone
 
-from runs import heartbeat
+from runs import liveness
 from runs.engine import describe
 from runs.models import ACTIVE_STATUSES, Run, ensure_json
 from runs.workflow import StepInfo, _current_step, resolve_target, step_definition
 from steps.models import Branch
 from steps.retry import StepOutputError
-from steps.timeouts import call_with_timeout
+from steps.timeouts import call_with_timeout, step_time_limit
 
 log = logging.getLogger(__name__)
 
 
 def execute_branch(branch_id: int, token: str | None = None) -> str:
     """Claim and run one branch. Returns what happened, for logs and tests."""
-    token = token or uuid.uuid4().hex
-    owner = heartbeat.process_name()
-    with heartbeat.executing(token):
-        if not Branch.claim(branch_id, owner, token, run_statuses=list(ACTIVE_STATUSES)):
-            return "skipped"
+    token = token or uuid.uuid4().hex  # each claim its own token
+    if not Branch.claim(branch_id, liveness.process_name(), token, run_statuses=list(ACTIVE_STATUSES)):
+        return "skipped"
+    try:
         branch = Branch.objects.select_related("run").get(pk=branch_id)
         outcome = _run(branch, token)
+    except DatabaseError:
+        log.warning("branch %s: database error; giving it back", branch_id, exc_info=True)
+        liveness.give_back_branch(branch_id, token)
+        return "database-error"
     if outcome in ("succeeded", "failed"):
         wake_parent_if_settled(branch)
     return outcome
@@ -60,7 +64,9 @@ def _run(branch: Branch, token: str) -> str:
     )
     reset = _current_step.set(info)
     try:
-        value = call_with_timeout(definition.fn, tuple(branch.args), branch.kwargs, definition.timeout)
+        value = call_with_timeout(
+            definition.fn, tuple(branch.args), branch.kwargs, step_time_limit(definition.timeout)
+        )
         try:
             value = ensure_json(value, f"the output of step {branch.name!r}")
         except ValueError as exc:

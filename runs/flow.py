@@ -41,3 +41,31 @@ def lock(name: str):
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [name])
         yield
+
+
+@contextmanager
+def maintenance():
+    """A transaction for sweeps, recoveries and wake-ups: it never waits on another's lock.
+
+    On PostgreSQL a lock held by a frozen or partitioned worker makes the statement fail
+    after DURABLE_MAINTENANCE_LOCK_TIMEOUT instead of stalling every sweep behind it; the
+    caller skips that row and the next sweep tries again. SQLite serialises writers itself.
+    """
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+                    [
+                        f"{int(settings.DURABLE_MAINTENANCE_LOCK_TIMEOUT * 1000)}ms",
+                        f"{int(settings.DURABLE_MAINTENANCE_STATEMENT_TIMEOUT * 1000)}ms",
+                    ],
+                )
+        yield
+
+
+def skip_locked(queryset):
+    """Lock the rows of `queryset` for this transaction, leaving out rows others hold."""
+    if connection.features.has_select_for_update_skip_locked:
+        return queryset.select_for_update(skip_locked=True)
+    return queryset

@@ -21,7 +21,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from runs import dispatch
-from runs.flow import concurrency_limit, entry_status, lock
+from runs.flow import concurrency_limit, entry_status, lock, maintenance, skip_locked
 from runs.workflow import MAX_NAME
 from steps.models import Attempt, Branch, BranchStatus, Checkpoint, CheckpointStatus
 
@@ -98,6 +98,12 @@ def ensure_text(value: str, what: str) -> str:
     return value
 
 
+# What a run terminated by an operator records as its error.
+TERMINATED_ERROR = {
+    "error_type": "Terminated",
+    "error_message": "terminated by an operator while running; resume it to go on",
+}
+
 # The longest gap between two doorbells for a run that stays pending.
 MAX_REDISPATCH_GAP = 600
 
@@ -173,6 +179,7 @@ class RunQuerySet(models.QuerySet):
                 status=Status.RUNNING,
                 lease_owner=owner,
                 lease_token=token,
+                claims=F("claims") + 1,
                 started_at=Coalesce(F("started_at"), Value(now)),
                 updated_at=now,
             )
@@ -290,7 +297,15 @@ class Run(models.Model):
     lease_owner = models.CharField(max_length=200, blank=True)
     lease_token = models.CharField(max_length=64, blank=True)
     cancel_requested = models.BooleanField(default=False)
+    # An operator asked to stop the run inside its current step (see Run.terminate).
+    terminate_requested = models.BooleanField(default=False)
+    # Lost workers the run was recovered from (database errors do not count).
     recovery_count = models.PositiveIntegerField(default=0)
+    # Of those, how many in a row at the current position: progress resets it, and
+    # DURABLE_MAX_RECOVERIES of them dead-letter the run.
+    lost_in_a_row = models.PositiveIntegerField(default=0)
+    # Deliveries that claimed the run: a long run is handed back and claimed again.
+    claims = models.PositiveIntegerField(default=0)
     dispatched_at = models.DateTimeField(null=True, blank=True)
 
     created_at = models.DateTimeField(default=timezone.now)
@@ -331,6 +346,8 @@ class Run(models.Model):
             models.Index(fields=["workflow", "status", "-priority", "id"], name="run_admission"),
             # Child runs: a parent's children by position.
             models.Index(fields=["parent", "parent_position"], name="run_children"),
+            # Supervisors and the sweep: the running runs a process holds.
+            models.Index(fields=["lease_owner"], condition=Q(status="running"), name="run_running_owner"),
         ]
 
     def __str__(self) -> str:
@@ -381,22 +398,39 @@ class Run(models.Model):
             wait_signal="",
             wait_position=None,
             wake_at=None,
+            lost_in_a_row=0,  # progress: earlier lost workers no longer count
         )
         if advance_and_checkpoint(self.pk, token, advance, fields):
             outcome = "ok"
         else:
-            # Not advanced: either a cancel was requested (keep the checkpoint, stop the
-            # run) or another worker owns the run now (write nothing).
-            check_transition([Status.RUNNING], Status.CANCELLED)
+            # Not advanced: either an operator asked the run to stop (keep the checkpoint,
+            # stop the run) or another worker owns the run now (write nothing).
             with transaction.atomic():
-                cancelled = self._leased(token).update(
-                    **advance, status=Status.CANCELLED, finished_at=now, lease_owner="", lease_token=""
-                )
-                if cancelled:
+                outcome = self._stop_as_requested(token, advance)
+                if outcome != "lost":
                     insert_checkpoint(self.pk, fields)
-            outcome = "cancelled" if cancelled else "lost"
         if outcome != "lost":
             self.steps_done = position + 1
+        return outcome
+
+    def _stop_as_requested(self, token: str, fields: dict) -> str:
+        """End a leased run whose cancel or terminate was requested; "lost" if it is not ours."""
+        check_transition([Status.RUNNING], Status.CANCELLED)
+        check_transition([Status.RUNNING], Status.FAILED)
+        now = timezone.now()
+        release = dict(fields, finished_at=now, updated_at=now, lease_owner="", lease_token="")
+        if self._leased(token).filter(cancel_requested=True).update(**release, status=Status.CANCELLED):
+            outcome = "cancelled"
+        elif (
+            self._leased(token)
+            .filter(terminate_requested=True)
+            .update(**release, status=Status.FAILED, **TERMINATED_ERROR)
+        ):
+            outcome = "terminated"
+        else:
+            return "lost"
+        self.slot_freed()
+        self.notify_parent()
         return outcome
 
     def record_failed_attempt(self, token: str, attempt: dict, retry_at) -> str:
@@ -420,33 +454,24 @@ class Run(models.Model):
         return self._suspend(token, kind, position=position, wake_at=wake_at, signal=signal)
 
     def _suspend(self, token, kind, *, position, wake_at=None, signal="", before=None) -> str:
-        """Release the run to WAITING (or CANCELLED if a cancel was requested)."""
+        """Release the run to WAITING (or end it, if an operator asked it to stop)."""
         check_transition([Status.RUNNING], Status.WAITING)
         now = timezone.now()
+        wait = dict(wait_kind=kind, wait_signal=signal, wait_position=position, wake_at=wake_at)
         with transaction.atomic():
-            updated = self._leased(token).update(
-                status=Case(
-                    When(cancel_requested=True, then=Value(Status.CANCELLED)),
-                    default=Value(Status.WAITING),
-                ),
-                finished_at=Case(
-                    When(cancel_requested=True, then=Value(now)),
-                    default=None,
-                    output_field=models.DateTimeField(),
-                ),
-                wait_kind=kind,
-                wait_signal=signal,
-                wait_position=position,
-                wake_at=wake_at,
-                lease_owner="",
-                lease_token="",
-                updated_at=now,
+            updated = (
+                self._leased(token)
+                .filter(cancel_requested=False, terminate_requested=False)
+                .update(**wait, status=Status.WAITING, lease_owner="", lease_token="", updated_at=now)
             )
             if not updated:
-                return "lost"
+                outcome = self._stop_as_requested(token, wait)
+                if outcome == "lost":
+                    return "lost"
             if before:
                 before()
-            self.slot_freed()
+            if updated:
+                self.slot_freed()
         if kind == WaitKind.SIGNAL and Run.objects.filter(pk=self.pk).signalled_while_waiting().exists():
             # The signal arrived while we were deciding to wait: it must not be lost.
             self.wake()
@@ -585,55 +610,126 @@ class Run(models.Model):
     # --- recovery and wake-ups (sweep, lost prefork children) -----------------
 
     def recover(self, reason: str) -> str | None:
-        """Take a running run back from a lost worker: dispatch it again or dead-letter it."""
-        check_transition([Status.RUNNING], Status.PENDING)
-        check_transition([Status.RUNNING], Status.DEAD)
-        check_transition([Status.RUNNING], Status.CANCELLED)
+        """Take a running run back from a lost worker: dispatch it again or dead-letter it.
+
+        Counts one loss at the run's current position; DURABLE_MAX_RECOVERIES losses in a
+        row there (progress resets the count) dead-letter the run.
+        """
+        return self._take_back(self.lease_token, reason, lost=True)
+
+    def give_back(self, token: str, reason: str) -> str | None:
+        """The holder itself could not go on (the database failed it): dispatch the run again.
+
+        Not a lost worker, so not counted towards dead-lettering.
+        """
+        return self._take_back(token, reason, lost=False)
+
+    def _take_back(self, token: str, reason: str, *, lost: bool) -> str | None:
+        for target in (Status.PENDING, Status.DEAD, Status.CANCELLED, Status.FAILED):
+            check_transition([Status.RUNNING], target)
         now = timezone.now()
         limit = settings.DURABLE_MAX_RECOVERIES
-        with transaction.atomic():
-            updated = Run.objects.filter(
-                pk=self.pk, status=Status.RUNNING, lease_token=self.lease_token
-            ).update(
+        dead = Q(lost_in_a_row__gte=limit) if lost else Q(pk__in=[])
+        cancel, terminate = Q(cancel_requested=True), Q(terminate_requested=True)
+        ends = cancel | terminate | dead
+        as_dead = ~cancel & ~terminate & dead
+        dead_message = f"worker lost {limit + 1} times in a row at one step; dead-lettered for an operator"
+        with maintenance():
+            held = Run.objects.filter(pk=self.pk, status=Status.RUNNING, lease_token=token)
+            if not skip_locked(held).values_list("pk", flat=True):
+                return None  # taken already, or its row is locked by a frozen holder: next sweep
+            held.update(
                 status=Case(
-                    When(cancel_requested=True, then=Value(Status.CANCELLED)),
-                    When(recovery_count__gte=limit, then=Value(Status.DEAD)),
+                    When(cancel, then=Value(Status.CANCELLED)),
+                    When(terminate, then=Value(Status.FAILED)),
+                    When(dead, then=Value(Status.DEAD)),
                     default=Value(Status.PENDING),
                 ),
                 finished_at=Case(
-                    When(Q(cancel_requested=True) | Q(recovery_count__gte=limit), then=Value(now)),
-                    default=None,
-                    output_field=models.DateTimeField(),
+                    When(ends, then=Value(now)), default=None, output_field=models.DateTimeField()
                 ),
                 error_type=Case(
-                    When(Q(cancel_requested=False) & Q(recovery_count__gte=limit), then=Value("WorkerLost")),
+                    When(~cancel & terminate, then=Value(TERMINATED_ERROR["error_type"])),
+                    When(as_dead, then=Value("WorkerLost")),
                     default=F("error_type"),
                     output_field=models.CharField(),
                 ),
                 error_message=Case(
-                    When(
-                        Q(cancel_requested=False) & Q(recovery_count__gte=limit),
-                        then=Value(f"worker lost {limit + 1} times; dead-lettered for an operator"),
-                    ),
+                    When(~cancel & terminate, then=Value(TERMINATED_ERROR["error_message"])),
+                    When(as_dead, then=Value(dead_message)),
                     default=F("error_message"),
                     output_field=models.TextField(),
                 ),
-                recovery_count=F("recovery_count") + 1,
+                recovery_count=F("recovery_count") + int(lost),
+                lost_in_a_row=F("lost_in_a_row") + int(lost),
                 lease_owner="",
                 lease_token="",
                 dispatched_at=now,
                 updated_at=now,
             )
-            if not updated:
-                return None
-            self.refresh_from_db(fields=["status", "queue", "workflow", "recovery_count"])
-            AuditEntry.record(self, "recover", None, reason=reason, details={"outcome": self.status})
+            self.refresh_from_db(fields=["status", "queue", "workflow", "recovery_count", "steps_done"])
+            details = {"outcome": self.status, "position": self.steps_done, "counted": lost}
+            AuditEntry.record(self, "recover" if lost else "release", None, reason=reason, details=details)
             if self.status == Status.PENDING:
                 dispatch.ring_on_commit(self)
             else:
                 self.slot_freed()
                 self.notify_parent()
         return self.status
+
+    def interrupted(self, token: str, cause: str, message: str) -> str | None:
+        """The step of a run held under `token` was stopped from outside (its process killed).
+
+        Records the interrupted attempt, then ends the run as the operator asked (cancel,
+        terminate) or, for a step over its time limit, dispatches it again: the attempt
+        counts against the step's retry policy, not as a lost worker.
+        """
+        check_transition([Status.RUNNING], Status.PENDING)
+        now = timezone.now()
+        with maintenance():
+            held = Run.objects.filter(pk=self.pk, status=Status.RUNNING, lease_token=token)
+            row = skip_locked(held).values("steps_done", "claims", "updated_at").first()
+            if row is None:
+                return None
+            Attempt.objects.create(
+                run_id=self.pk,
+                position=row["steps_done"],
+                name=f"step at position {row['steps_done']}",
+                number=Attempt.objects.live().filter(run_id=self.pk, position=row["steps_done"]).count() + 1,
+                started_at=row["updated_at"],
+                finished_at=now,
+                error_type=cause,
+                error_message=message,
+            )
+            outcome = self._stop_as_requested(token, {})
+            if outcome == "lost":
+                held.update(
+                    status=Status.PENDING, lease_owner="", lease_token="", dispatched_at=now, updated_at=now
+                )
+                self.refresh_from_db(fields=["queue", "workflow"])
+                dispatch.ring_on_commit(self)
+                outcome = "pending"
+        return outcome
+
+    def hand_back(self, token: str) -> str:
+        """End this delivery at a step boundary; a fresh doorbell lets any worker go on.
+
+        Returns "handed-back", or how the run ended if an operator asked it to stop, or "lost".
+        """
+        check_transition([Status.RUNNING], Status.PENDING)
+        now = timezone.now()
+        with transaction.atomic():
+            handed = (
+                self._leased(token)
+                .filter(cancel_requested=False, terminate_requested=False)
+                .update(
+                    status=Status.PENDING, lease_owner="", lease_token="", dispatched_at=now, updated_at=now
+                )
+            )
+            if not handed:
+                return self._stop_as_requested(token, {})
+            dispatch.ring_on_commit(self)
+        return "handed-back"
 
     def wake(self) -> bool:
         target = entry_status(self.workflow)
@@ -717,6 +813,8 @@ class Run(models.Model):
             wait_position=None,
             wake_at=None,
             cancel_requested=False,
+            terminate_requested=False,
+            lost_in_a_row=0,
             finished_at=None,
             dispatched_at=now,
             updated_at=now,
@@ -834,6 +932,26 @@ class Run(models.Model):
         self.refresh_from_db()
         return outcome
 
+    def terminate(self, by=None, reason: str = "") -> str:
+        """Stop a running run inside its current step; it ends failed, and can be resumed.
+
+        The worker process executing the step is killed by its supervisor (see
+        runs.liveness); a run whose worker is gone is ended by the sweep.
+        """
+        now = timezone.now()
+        with transaction.atomic():
+            if not Run.objects.filter(pk=self.pk, status=Status.RUNNING).update(
+                terminate_requested=True, updated_at=now
+            ):
+                self.refresh_from_db(fields=["status"])
+                raise InvalidOperation(
+                    f"Cannot terminate run {self.pk}: it is {self.get_status_display()}; only a running "
+                    "run can be terminated (cancel one that is not running)."
+                )
+            AuditEntry.record(self, "terminate", by, reason=reason, details={"holder": self.lease_owner})
+        self.refresh_from_db()
+        return "terminate requested"
+
     def send_signal(self, name: str, payload: Any = None, by=None, reason: str = "") -> Signal:
         """Deliver a named signal; a run that is not waiting for it yet keeps it for later."""
         name = ensure_text((name or "").strip(), "signal name")
@@ -944,6 +1062,10 @@ class Run(models.Model):
         return self.status in ACTIVE_STATUSES and not self.cancel_requested
 
     @property
+    def can_terminate(self) -> bool:
+        return self.status == Status.RUNNING and not self.terminate_requested
+
+    @property
     def can_signal(self) -> bool:
         return self.status in ACTIVE_STATUSES
 
@@ -973,6 +1095,7 @@ ADVANCE_FIELDS = (
     "wait_signal",
     "wait_position",
     "wake_at",
+    "lost_in_a_row",
 )
 CHECKPOINT_FIELDS = (
     "run_id",
@@ -1001,7 +1124,7 @@ def _hot_statements() -> tuple[str, str, str]:
         update = (
             f"UPDATE {run_table} SET {', '.join(f'{quote(column)} = %s' for column in columns)} "
             f"WHERE {quote('id')} = %s AND {quote('status')} = %s AND {quote('lease_token')} = %s "
-            f"AND {quote('cancel_requested')} = %s"
+            f"AND {quote('cancel_requested')} = %s AND {quote('terminate_requested')} = %s"
         )
         insert_columns = [Checkpoint._meta.get_field(name).column for name in CHECKPOINT_FIELDS]
         column_list = ", ".join(quote(column) for column in insert_columns)
@@ -1031,10 +1154,10 @@ def _checkpoint_params(run_id: int, fields: dict) -> list:
 def advance_and_checkpoint(run_id: int, token: str, advance: dict, fields: dict) -> bool:
     """Advance a run held under `token` and insert its checkpoint, atomically.
 
-    False, with nothing written, when the lease is gone or a cancel was requested.
+    False, with nothing written, when the lease is gone or an operator asked the run to stop.
     """
     update, insert, both = _hot_statements()
-    lease = [run_id, Status.RUNNING.value, token, False]
+    lease = [run_id, Status.RUNNING.value, token, False, False]
     advance_params = [*_prepared(Run, {name: advance[name] for name in ADVANCE_FIELDS}), *lease]
     checkpoint_params = _checkpoint_params(run_id, fields)
     with connection.cursor() as cursor:
@@ -1150,3 +1273,33 @@ class WorkerProcess(models.Model):
             cls.objects.update_or_create(
                 name=name, defaults={"hostname": hostname, "pid": pid, "heartbeat_at": now}
             )
+
+
+class SweepClock(models.Model):
+    """When the sweep last ran, and since when it has run without a gap.
+
+    After a gap (a database outage, beat down) no process could beat either; the sweep
+    waits one lease timeout for the living to beat again before calling anyone dead.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    last_at = models.DateTimeField()
+    steady_since = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"sweeping steadily since {self.steady_since}"
+
+    @classmethod
+    def steady(cls) -> bool:
+        """Record this sweep; True when sweeps have come without a gap for a lease timeout."""
+        now = timezone.now()
+        gap = timedelta(seconds=max(settings.DURABLE_LEASE_TIMEOUT, 3 * settings.DURABLE_SWEEP_INTERVAL))
+        with transaction.atomic():
+            updated = cls.objects.filter(pk=1).update(
+                steady_since=Case(When(last_at__lt=now - gap, then=Value(now)), default=F("steady_since")),
+                last_at=now,
+            )
+            if not updated:
+                cls.objects.get_or_create(pk=1, defaults={"last_at": now, "steady_since": now})
+            steady_since = cls.objects.values_list("steady_since", flat=True).get(pk=1)
+        return now - steady_since >= gap

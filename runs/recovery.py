@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from runs import dispatch
-from runs.models import ACTIVE_STATUSES, Run, WorkerProcess
+from runs.models import ACTIVE_STATUSES, Run, SweepClock, WorkerProcess
 from steps.models import Branch, BranchStatus
 from steps.ratelimit import forget_old_grants
 
@@ -44,6 +44,9 @@ class SweepReport:
 
 def sweep() -> SweepReport:
     report = SweepReport()
+    if SweepClock.steady():
+        _recover_orphaned_runs(report)
+        _recover_orphaned_branches(report)
     _sweep_runs(report)
     _sweep_branches(report)
     for workflow in Run.objects.queued_workflows():
@@ -55,14 +58,39 @@ def sweep() -> SweepReport:
     return report
 
 
-def _sweep_runs(report: SweepReport) -> None:
-    fields = ("pk", "lease_token", "queue", "workflow")
-    for run in Run.objects.orphaned().only(*fields)[:BATCH]:
-        outcome = run.recover("worker process stopped heartbeating")
+def _recover_orphaned_runs(report: SweepReport) -> None:
+    """Runs whose holder fell silent: each is taken back unless its row is locked."""
+    for run in Run.objects.orphaned().order_by("updated_at")[:BATCH]:
+        try:
+            outcome = run.recover("its worker process stopped heartbeating")
+        except DatabaseError:  # lock or statement timeout: the next sweep tries again
+            log.info("sweep: could not recover run %s now", run.pk, exc_info=True)
+            continue
         if outcome == "pending":
             report.recovered += 1
         elif outcome == "dead":
             report.dead_lettered += 1
+
+
+def _recover_orphaned_branches(report: SweepReport) -> None:
+    cutoff = timezone.now() - timedelta(seconds=settings.DURABLE_LEASE_TIMEOUT)
+    alive = WorkerProcess.objects.filter(heartbeat_at__gte=cutoff).values("name")
+    orphaned = (
+        Branch.objects.live()
+        .filter(status=BranchStatus.RUNNING, run__status__in=list(ACTIVE_STATUSES))
+        .exclude(lease_owner__in=alive)
+        .select_related("run")
+    )
+    for branch in orphaned[:BATCH]:
+        try:
+            if recover_branch(branch) == BranchStatus.PENDING:
+                report.branches_recovered += 1
+        except DatabaseError:
+            log.info("sweep: could not recover branch %s now", branch.pk, exc_info=True)
+
+
+def _sweep_runs(report: SweepReport) -> None:
+    fields = ("pk", "lease_token", "queue", "workflow")
     wakeable = [
         Run.objects.due_to_wake(),
         Run.objects.signalled_while_waiting(),
@@ -77,20 +105,9 @@ def _sweep_runs(report: SweepReport) -> None:
 
 
 def _sweep_branches(report: SweepReport) -> None:
-    from runs.fanout import wake_parent_if_settled
 
     live = Branch.objects.live().filter(run__status__in=list(ACTIVE_STATUSES)).select_related("run")
     fields = ("pk", "run_id", "run__queue", "position", "lease_token", "dispatched_at")
-    cutoff = timezone.now() - timedelta(seconds=settings.DURABLE_LEASE_TIMEOUT)
-    alive = WorkerProcess.objects.filter(heartbeat_at__gte=cutoff).values("name")
-    orphaned = live.filter(status=BranchStatus.RUNNING).exclude(lease_owner__in=alive)
-    for branch in orphaned.only(*fields)[:BATCH]:
-        outcome = branch.recover(settings.DURABLE_MAX_RECOVERIES)
-        if outcome == BranchStatus.PENDING:
-            report.branches_recovered += 1
-            _ring(branch)
-        elif outcome == BranchStatus.FAILED:
-            wake_parent_if_settled(branch)
     due = live.filter(status=BranchStatus.WAITING, wake_at__lte=timezone.now())
     for branch in due.only(*fields)[:BATCH]:
         if branch.wake():
@@ -109,23 +126,13 @@ def _ring(branch: Branch) -> None:
         dispatch.ring_branch_on_commit(branch.pk, branch.run.queue)
 
 
-def recover_lost_process_run(run_id: int, token: str) -> str | None:
-    """A prefork child died holding this run: take it back now, without waiting for the lease."""
-    run = (
-        Run.objects.filter(pk=run_id, lease_token=token)
-        .only("pk", "lease_token", "queue", "workflow")
-        .first()
-    )
-    if run is None:
-        return None
-    return run.recover("worker process died mid-step")
+def recover_branch(branch: Branch) -> str | None:
+    """Take a branch back from its lost holder: dispatch it again, or fail it for good."""
+    from runs.fanout import wake_parent_if_settled
 
-
-def recover_lost_process_branch(branch_id: int, token: str) -> str | None:
-    branch = Branch.objects.filter(pk=branch_id, lease_token=token).select_related("run").first()
-    if branch is None:
-        return None
     outcome = branch.recover(settings.DURABLE_MAX_RECOVERIES)
     if outcome == BranchStatus.PENDING:
         _ring(branch)
+    elif outcome == BranchStatus.FAILED:
+        wake_parent_if_settled(branch)
     return outcome

@@ -266,13 +266,41 @@ class Branch(models.Model):
             )
         )
 
+    @classmethod
+    def give_back(cls, pk: int, token: str) -> bool:
+        """The holder could not go on (a database error): dispatch the branch again, uncounted."""
+        from runs import dispatch
+
+        with transaction.atomic():
+            branch = cls.objects.filter(pk=pk, status=BranchStatus.RUNNING, lease_token=token)
+            queue = branch.values_list("run__queue", flat=True).first()
+            given = branch.update(
+                status=BranchStatus.PENDING, lease_owner="", lease_token="", dispatched_at=timezone.now()
+            )
+            if given:
+                dispatch.ring_branch_on_commit(pk, queue)
+        return bool(given)
+
     def recover(self, max_recoveries: int) -> str | None:
         """Take the branch back from a lost worker, or fail it once that happened too often."""
+        from runs.flow import maintenance, skip_locked
+
         now = timezone.now()
         lost_too_often = Q(recovery_count__gte=max_recoveries)
-        updated = Branch.objects.filter(
-            pk=self.pk, status=BranchStatus.RUNNING, lease_token=self.lease_token
-        ).update(
+        with maintenance():
+            held = Branch.objects.filter(
+                pk=self.pk, status=BranchStatus.RUNNING, lease_token=self.lease_token
+            )
+            if not skip_locked(held).values_list("pk", flat=True):
+                return None
+            updated = self._take_back(held, lost_too_often, max_recoveries, now)
+        if not updated:
+            return None
+        return Branch.objects.values_list("status", flat=True).get(pk=self.pk)
+
+    @staticmethod
+    def _take_back(held, lost_too_often, max_recoveries: int, now) -> int:
+        return held.update(
             status=Case(
                 When(lost_too_often, then=Value(BranchStatus.FAILED)), default=Value(BranchStatus.PENDING)
             ),
@@ -290,9 +318,6 @@ class Branch(models.Model):
             lease_token="",
             dispatched_at=now,
         )
-        if not updated:
-            return None
-        return Branch.objects.values_list("status", flat=True).get(pk=self.pk)
 
     def wake(self) -> bool:
         return bool(

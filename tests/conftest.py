@@ -1,9 +1,12 @@
-import pytest
+from datetime import timedelta
 
-from runs import dispatch, heartbeat
+import pytest
+from django.utils import timezone
+
+from runs import dispatch, liveness
 from runs.engine import execute_run
 from runs.fanout import execute_branch
-from runs.models import WorkerProcess
+from runs.models import SweepClock, WorkerProcess
 from tests import workflows
 from tests.processes import Cluster
 
@@ -13,7 +16,7 @@ def _in_process_runtime(settings):
     # Tests drive the engine in this process: no heartbeat thread writing behind
     # their back, and a fresh worker identity per test.
     settings.DURABLE_HEARTBEAT_THREAD = False
-    heartbeat._current.update(pid=None, name=None)
+    liveness._current.update(pid=None, name=None)
 
 
 class Doorbells:
@@ -62,7 +65,12 @@ def doorbells(monkeypatch):
 def lapse_leases():
     """Make every worker process look dead, as if its machine had lost power."""
     WorkerProcess.objects.all().delete()
-    heartbeat._current.update(pid=None, name=None)
+    liveness._current.update(pid=None, name=None)
+    # The sweep has been running steadily: it may call the silent dead at once.
+    now = timezone.now()
+    SweepClock.objects.update_or_create(
+        pk=1, defaults={"last_at": now, "steady_since": now - timedelta(hours=1)}
+    )
 
 
 @pytest.fixture(autouse=True)

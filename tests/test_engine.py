@@ -8,7 +8,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from runs.engine import execute_run
-from runs.models import AuditEntry, Run, Status, WaitKind
+from runs.models import AuditEntry, Run, Status, WaitKind, WorkerProcess
 from runs.recovery import sweep
 from steps.models import Attempt, Checkpoint, CheckpointStatus
 from tests import workflows
@@ -355,16 +355,53 @@ def test_it_dead_letters_a_run_that_keeps_losing_its_worker(doorbells, settings)
     assert AuditEntry.objects.filter(run=run, action="recover").count() == 3
 
 
-def test_it_recovers_at_once_the_run_of_a_prefork_child_that_died(doorbells):
-    from runs.recovery import recover_lost_process_run
+def dead_pid() -> int:
+    import subprocess
 
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_it_recovers_at_once_the_run_of_a_pool_process_that_died(doorbells):
+    from runs.liveness import Supervisor, child_name
+
+    pid = dead_pid()
+    supervisor = Supervisor("host:1:abc", children=lambda: [])
     run = Run.objects.start("arithmetic", {"a": 1, "b": 1})
     doorbells.rung.clear()
-    assert Run.objects.claim(run.pk, "host:123:abc", "celery-task-id")
-    assert recover_lost_process_run(run.pk, "some-other-task") is None
-    assert recover_lost_process_run(run.pk, "celery-task-id") == Status.PENDING
+    assert Run.objects.claim(run.pk, child_name("host:1:abc", pid), "claim-token")
+    other = Run.objects.start("arithmetic", {"a": 2, "b": 2})
+    assert Run.objects.claim(other.pk, "another-worker/7", "other-token")
+    doorbells.rung.clear()
+
+    supervisor.tick()  # the supervisor's next pass notices its pool process is gone
+    assert Run.objects.get(pk=run.pk).status == Status.PENDING
+    assert Run.objects.get(pk=other.pk).status == Status.RUNNING  # not its own: left alone
     assert doorbells.rung == [run.pk]
     assert doorbells.drain() == ["succeeded"]
+    recovered = Run.objects.get(pk=run.pk)
+    assert (recovered.recovery_count, recovered.lost_in_a_row) == (1, 0)  # progress reset the streak
+
+
+def test_it_never_takes_back_a_claim_that_lands_between_two_supervisor_passes(doorbells):
+    """The interleaving that made a heartbeat release healthy work: claim, a pass, execute."""
+    import os
+
+    from runs.liveness import Supervisor, child_name
+
+    supervisor = Supervisor("host:1:abc", children=lambda: [os.getpid()])
+    run = Run.objects.start("arithmetic", {"a": 1, "b": 1})
+    doorbells.rung.clear()
+    holder = child_name("host:1:abc", os.getpid())
+    assert Run.objects.claim(run.pk, holder, "fresh-claim")
+    supervisor.tick()
+    lapse_leases()
+    WorkerProcess.beat(holder, "host", os.getpid())
+    assert sweep().recovered == 0
+    held = Run.objects.get(pk=run.pk)
+    assert (held.status, held.lease_token) == (Status.RUNNING, "fresh-claim")
+    assert doorbells.rung == []
 
 
 # --- 8. one runner at a time --------------------------------------------------------------------------
@@ -441,10 +478,8 @@ def test_it_gives_up_waiting_at_the_deadline(doorbells):
 # --- infrastructure failures ----------------------------------------------------------------
 
 
-def test_it_leaves_a_run_for_recovery_when_the_database_fails_mid_commit(doorbells, monkeypatch):
+def test_it_gives_a_run_back_uncounted_when_the_database_fails_mid_commit(doorbells, monkeypatch):
     from django.db import OperationalError
-
-    from runs import heartbeat
 
     real = Run.record_checkpoint
     failures = {"left": 1}
@@ -457,33 +492,35 @@ def test_it_leaves_a_run_for_recovery_when_the_database_fails_mid_commit(doorbel
 
     monkeypatch.setattr(Run, "record_checkpoint", flaky)
     run = Run.objects.start("arithmetic", {"a": 1, "b": 1})
-    assert doorbells.drain() == ["database-error"]
+    assert doorbells.drain() == ["database-error", "succeeded"]
     run.refresh_from_db()
-    # Not failed: the database hiccup is not the workflow's fault.
-    assert run.status == Status.RUNNING
-
-    # The process is alive (fresh heartbeat), so the sweep leaves the run alone; the
-    # heartbeat thread notices the process no longer executes it and gives it back.
-    assert sweep().recovered == 0
-    assert heartbeat.release_abandoned(run.lease_owner) == 1
-    assert doorbells.drain() == ["succeeded"]
-    run.refresh_from_db()
+    # Neither failed (not the workflow's fault) nor counted as a lost worker.
     assert run.output == {"total": 2, "doubled": 4, "bumped": 5}
+    assert run.recovery_count == 0
+    assert AuditEntry.objects.filter(run=run, action="release").count() == 1
+    assert AuditEntry.objects.filter(run=run, action="recover").count() == 0
     assert workflows.CALLS["add"] == 2  # the unrecorded step ran again, with the same key
     assert workflows.KEYS["add"][0] == workflows.KEYS["add"][1]
 
 
-def test_it_does_not_release_runs_the_process_is_still_executing():
-    from runs import heartbeat
+def test_it_dead_letters_nothing_after_many_database_errors(doorbells, monkeypatch):
+    from django.db import OperationalError
 
-    run = Run.objects.create(workflow="arithmetic", input={"a": 1, "b": 1})
-    name = heartbeat.process_name()
-    with heartbeat.executing("live-token"):
-        assert Run.objects.claim(run.pk, name, "live-token")
-        assert heartbeat.release_abandoned(name) == 0
-    assert Run.objects.get(pk=run.pk).status == Status.RUNNING
-    assert heartbeat.release_abandoned(name) == 1
-    assert Run.objects.get(pk=run.pk).status == Status.PENDING
+    real = Run.record_checkpoint
+    calls = {"n": 0}
+
+    def every_other(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] % 2:
+            raise OperationalError("terminating connection due to administrator command")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "record_checkpoint", every_other)
+    run = Run.objects.start("arithmetic", {"a": 1, "b": 1})
+    doorbells.drain()
+    run.refresh_from_db()
+    assert run.status == Status.SUCCEEDED
+    assert run.recovery_count == 0
 
 
 def test_it_runs_sqlite_in_wal_mode():
