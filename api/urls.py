@@ -14,6 +14,7 @@ urlpatterns = [
     path("runs/<int:run_id>/resume/", views.run_resume, name="run-resume"),
     path("runs/<int:run_id>/retry/", views.run_retry, name="run-retry"),
     path("runs/<int:run_id>/cancel/", views.run_cancel, name="run-cancel"),
+    path("runs/<int:run_id>/terminate/", views.run_terminate, name="run-terminate"),
     path("runs/<int:run_id>/signal/", views.run_signal, name="run-signal"),
     path("runs/<int:run_id>/edit/", views.run_edit, name="run-edit"),
     # Anything else under /api/ is a JSON 404, not the dashboard's HTML page.

@@ -315,6 +315,21 @@ def run_cancel(request: Request, run_id: int) -> Response:
 
 
 @extend_schema(
+    operation_id="runs_terminate",
+    summary="Terminate a running run: interrupt its step now; it ends failed and can be resumed",
+    request=ReasonSerializer,
+    responses=ACTION,
+)
+@api_view(["POST"])
+@permission_classes([CanOperate])
+def run_terminate(request: Request, run_id: int) -> Response:
+    run = find_run(run_id)
+    data = valid(ReasonSerializer, request.data)
+    outcome = run.terminate(by=request.user, reason=data["reason"])
+    return done(f"Run {run.pk}: {outcome}.", run)
+
+
+@extend_schema(
     operation_id="runs_signal",
     summary="Send a named signal to a run",
     description="A run not waiting for it yet keeps it for its next wait of that name.",

@@ -305,8 +305,9 @@ CELERY_BEAT_SCHEDULE = {
 DURABLE_HEARTBEAT_THREAD = envbool("DURABLE_HEARTBEAT_THREAD", True)
 # The longest a step may run when it sets no timeout of its own (0: no limit). Past it the
 # attempt is interrupted and fails with StepTimeout; a step stuck in C code that ignores
-# the interruption has its pool process killed 30 s later (runs.liveness).
+# the interruption has its pool process killed DURABLE_KILL_GRACE later (runs.liveness).
 DURABLE_MAX_STEP_SECONDS = envfloat("DURABLE_MAX_STEP_SECONDS", 3600.0, minimum=0)
+DURABLE_KILL_GRACE = envfloat("DURABLE_KILL_GRACE", 30.0, minimum=0)
 # How long one delivery executes a run before handing it back to the queue at a step
 # boundary: below Redis's visibility timeout (1 h) and RabbitMQ's consumer timeout (30 min).
 DURABLE_DELIVERY_SECONDS = envfloat("DURABLE_DELIVERY_SECONDS", 300.0, minimum=0.01)

@@ -94,6 +94,13 @@ class OperateActions:
             request, runs, "Cancelled", lambda run: run.cancel(by=request.user, reason="admin action")
         )
 
+    @admin.action(description="Terminate selected runs (interrupt the running step)", permissions=["operate"])
+    def terminate_runs(self, request, queryset):
+        runs = queryset.order_by("pk")
+        self._operate(
+            request, runs, "Terminating", lambda run: run.terminate(by=request.user, reason="admin action")
+        )
+
 
 class RunAdminForm(forms.ModelForm):
     audit_reason = forms.CharField(
@@ -147,7 +154,7 @@ class RunAdmin(OperateActions, admin.ModelAdmin):
     list_display_links = ("id", "workflow")
     list_filter = ("status", "wait_kind", "cancel_requested", "created_at")
     search_fields = ("=id", "workflow", "=idempotency_key", "error_type")
-    actions = ("resume_runs", "cancel_runs")
+    actions = ("resume_runs", "cancel_runs", "terminate_runs")
     date_hierarchy = None
     show_full_result_count = False
     list_per_page = 50

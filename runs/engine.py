@@ -437,6 +437,8 @@ class RunContext:
             self._stop("database-error")
 
     def _stop(self, outcome: str):
+        if outcome.startswith("lost"):
+            log.info("run %s: its lease was taken back; this worker's write was refused", self.run_id)
         self.stopped = _Stop(outcome)
         raise self.stopped
 

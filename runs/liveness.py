@@ -13,7 +13,7 @@
 - On every tick (a few times a second) the supervisor takes back at once the runs and
   branches of a pool process that died, and kills the pool process executing a run that an
   operator cancelled or terminated, or whose step has outlived DURABLE_MAX_STEP_SECONDS by
-  a grace period (the in-process step timer cannot interrupt C code that holds the GIL).
+  DURABLE_KILL_GRACE (the in-process step timer cannot interrupt C code that holds the GIL).
 - Elsewhere (the solo pool, a process executing runs directly) a process beats for itself
   from a thread, which a GIL-holding step can starve: production uses the prefork pool.
 - A holder that hits a database error gives its run back itself (`give_back`): that is not
@@ -47,9 +47,6 @@ log = logging.getLogger(__name__)
 # Set by the worker's main process before it forks its pool (runs.bootsteps), so each
 # pool process knows the name of the supervisor that beats for it.
 SUPERVISOR_ENV = "DURABLE_SUPERVISOR"
-# Extra time a step gets past DURABLE_MAX_STEP_SECONDS before its process is killed: the
-# step's own timer fires first whenever the step yields to it.
-KILL_GRACE = 30.0
 TICK = 0.25  # seconds between supervisor passes, at most
 
 _lock = threading.Lock()
@@ -196,7 +193,9 @@ class Supervisor:
 
     def enforce(self, run: Run, pid: int) -> None:
         """Kill the process of a run that must stop now, then end the run as asked."""
-        overdue = timezone.now() - timedelta(seconds=settings.DURABLE_MAX_STEP_SECONDS + KILL_GRACE)
+        overdue = timezone.now() - timedelta(
+            seconds=settings.DURABLE_MAX_STEP_SECONDS + settings.DURABLE_KILL_GRACE
+        )
         if run.cancel_requested:
             cause, message = "Cancelled", "the step was interrupted: an operator cancelled the run"
         elif run.terminate_requested:

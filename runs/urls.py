@@ -12,6 +12,7 @@ urlpatterns = [
     path("runs/<int:run_id>/value/<str:part>/", views.run_value, name="run_value"),
     path("runs/<int:run_id>/resume/", views.run_resume, name="run_resume"),
     path("runs/<int:run_id>/cancel/", views.run_cancel, name="run_cancel"),
+    path("runs/<int:run_id>/terminate/", views.run_terminate, name="run_terminate"),
     path("runs/<int:run_id>/signal/", views.run_signal, name="run_signal"),
     path("runs/<int:run_id>/steps/<int:position>/", views.run_step, name="run_step"),
     path("runs/<int:run_id>/steps/<int:position>/retry/", views.run_retry, name="run_retry"),

@@ -905,9 +905,24 @@ def run_cancel(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
         outcome = run.cancel(by=request.user, reason=data["reason"])
         if outcome == "cancelled":
             return f"Run {run.pk} cancelled."
-        return f"Cancel requested: run {run.pk} stops before its next step."
+        return f"Cancel requested: run {run.pk}'s running step is interrupted now."
 
     return perform(request, run, ReasonForm(request.POST), f"Cancel run {run.pk} ({run.workflow})?", cancel)
+
+
+@require_POST
+@login_required
+def run_terminate(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
+    run = get_run(request, run_id, operate=True)
+
+    def terminate(data) -> str:
+        run.terminate(by=request.user, reason=data["reason"])
+        return (
+            f"Terminating run {run.pk}: its step is interrupted now; the run ends failed and can be resumed."
+        )
+
+    question = f"Terminate run {run.pk} ({run.workflow})?"
+    return perform(request, run, ReasonForm(request.POST), question, terminate)
 
 
 @require_POST

@@ -8,7 +8,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from runs.engine import execute_run
-from runs.models import AuditEntry, Run, Status, WaitKind, WorkerProcess
+from runs.models import AuditEntry, InvalidOperation, Run, Status, WaitKind, WorkerProcess
 from runs.recovery import sweep
 from steps.models import Attempt, Checkpoint, CheckpointStatus
 from tests import workflows
@@ -367,7 +367,7 @@ def test_it_recovers_at_once_the_run_of_a_pool_process_that_died(doorbells):
     from runs.liveness import Supervisor, child_name
 
     pid = dead_pid()
-    supervisor = Supervisor("host:1:abc", children=lambda: [])
+    supervisor = Supervisor("host:1:abc", children=list)
     run = Run.objects.start("arithmetic", {"a": 1, "b": 1})
     doorbells.rung.clear()
     assert Run.objects.claim(run.pk, child_name("host:1:abc", pid), "claim-token")
@@ -546,3 +546,77 @@ def test_it_rings_a_pending_run_again_at_doubling_intervals(doorbells):
     assert rings == [16, 32, 64, 128]
     assert doorbells.rung == [run.pk] * 4
     assert doorbells.drain() == ["succeeded", "skipped", "skipped", "skipped"]
+
+
+# --- liveness: timeouts that stick, stops that notify -----------------------------------------
+
+
+@pytest.mark.parametrize("bare", [False, True], ids=["except-Exception", "bare-except"])
+def test_it_records_a_swallowed_timeout_as_timed_out(doorbells, bare):
+    run = Run.objects.start("swallower", {"seconds": 0.6, "bare": bare})
+    assert doorbells.drain() == ["failed"]
+    run.refresh_from_db()
+    assert run.error_type == "StepTimeout"
+    checkpoint = Checkpoint.objects.get(run=run, position=0)
+    assert checkpoint.status == CheckpointStatus.FAILED
+    assert checkpoint.error_type == "StepTimeout"
+    assert Attempt.objects.get(run=run, position=0).error_type == "StepTimeout"
+
+
+def test_it_interrupts_a_step_at_the_default_maximum_duration(doorbells, settings):
+    settings.DURABLE_MAX_STEP_SECONDS = 0.3
+    run = Run.objects.start("napper", {"pause": 5})
+    assert doorbells.drain()[0] == "ok/retry"
+    attempt = Attempt.objects.get(run=run, position=0)
+    assert attempt.error_type == "StepTimeout"
+    assert "0.3s" in attempt.error_message
+
+
+def test_it_hands_a_long_run_back_to_the_queue_at_a_step_boundary(doorbells, settings):
+    settings.DURABLE_DELIVERY_SECONDS = 0.01
+    run = Run.objects.start("naps", {"steps": 4, "pause": 0.02})
+    outcomes = doorbells.drain()
+    assert outcomes == ["handed-back", "handed-back", "handed-back", "succeeded"]
+    run.refresh_from_db()
+    assert run.claims == 4
+    assert workflows.CALLS["nap"] == 4  # every step once, whoever delivered it
+
+
+def test_a_cancel_seen_at_a_checkpoint_wakes_the_parent_and_frees_the_slot_at_once(doorbells):
+    parent = Run.objects.create(
+        workflow="parent", status=Status.WAITING, wait_kind=WaitKind.CHILD, wait_position=0
+    )
+    child = Run.objects.create(workflow="limited", parent=parent, parent_position=0)
+    assert Run.objects.claim(child.pk, "w", "t")
+    child.cancel(by="operator")
+    queued = Run.objects.create(workflow="limited", status=Status.QUEUED)
+    outcome = child.record_checkpoint(
+        "t",
+        position=0,
+        name="add",
+        status=CheckpointStatus.SUCCEEDED,
+        output=1,
+        started_at=timezone.now(),
+        finished_at=timezone.now(),
+    )
+    assert outcome == "cancelled"
+    assert Run.objects.get(pk=parent.pk).status == Status.PENDING  # woken now, not by a sweep
+    assert Run.objects.get(pk=queued.pk).status == Status.PENDING  # the slot went to the next in line
+    assert set(doorbells.rung) == {parent.pk, queued.pk}
+
+
+def test_terminate_is_only_for_running_runs_and_is_audited(doorbells):
+    run = Run.objects.start("arithmetic", {"a": 1, "b": 1})
+    with pytest.raises(InvalidOperation, match="only a running run can be terminated"):
+        run.terminate(by="operator")
+    doorbells.rung.clear()
+    assert Run.objects.claim(run.pk, "w", "t")
+    assert run.terminate(by="operator", reason="hung") == "terminate requested"
+    assert AuditEntry.objects.filter(run=run, action="terminate", reason="hung").exists()
+    # The holder is gone: the sweep ends the run failed, resumable, instead of dispatching it.
+    lapse_leases()
+    sweep()
+    run.refresh_from_db()
+    assert (run.status, run.error_type) == (Status.FAILED, "Terminated")
+    run.resume(by="operator")
+    assert doorbells.drain()[-1] == "succeeded"

@@ -238,9 +238,78 @@ def ledger(ctx, data):
     """Writes one ledger row per step; step `slow_index` pauses so a test can kill the worker."""
     done = []
     for index in range(data["steps"]):
-        pause = data.get("pause", 0.0) if index == data.get("slow_index") else 0.0
+        pause = data.get("pause", 0.0) if index == data.get("slow_index") else data.get("pause_each", 0.0)
         done.append(ctx.step(ledger_step, index, pause))
     return {"done": done}
+
+
+def hold_the_gil_for(seconds: float) -> float:
+    """Busy for `seconds` inside C calls that never release the GIL: no other thread of
+    this process runs meanwhile (a big regex, parsing, tokenising)."""
+    started = time.monotonic()
+    sum(range(10**6))
+    rate = 10**6 / max(time.monotonic() - started, 1e-6)
+    while (left := seconds - (time.monotonic() - started)) > 0:
+        sum(range(int(rate * left) + 1))
+    return time.monotonic() - started
+
+
+@step
+def hog(seconds: float) -> float:
+    ledger_write(current_step().run_id, "hog")
+    return round(hold_the_gil_for(seconds), 2)
+
+
+@workflow("hog")
+def hog_workflow(ctx, data):
+    held = ctx.step(hog, data["seconds"])
+    ctx.step(ledger_step, 1, 0.0)
+    return {"held": held}
+
+
+@step
+def locked_pause(pause: float) -> str:
+    """Pauses the first time inside a transaction that holds its run's row lock."""
+    from django.db import transaction
+
+    from runs.models import Run
+
+    info = current_step()
+    first_time = ledger_count(info.run_id, "locked") == 0
+    ledger_write(info.run_id, "locked")
+    with transaction.atomic():
+        Run.objects.select_for_update().filter(pk=info.run_id).exists()
+        if first_time:
+            time.sleep(pause)
+    return "done"
+
+
+@workflow("locked")
+def locked(ctx, data):
+    ctx.step(locked_pause, data["pause"])
+    ctx.step(ledger_step, 1, 0.0)
+    return "finished"
+
+
+@step(timeout=0.2, retry=RetryPolicy(max_attempts=1))
+def short_fuse(seconds: float, bare: bool) -> str:
+    """Sleeps past its timeout and tries to swallow the interruption, as an HTTP retry loop would."""
+    if bare:
+        try:
+            time.sleep(seconds)
+        except:  # noqa: E722  (even this does not save it: the deadline is checked on return)
+            return "swallowed"
+        return "slept"
+    try:
+        time.sleep(seconds)
+    except Exception:
+        return "swallowed"
+    return "slept"
+
+
+@workflow("swallower")
+def swallower(ctx, data):
+    return ctx.step(short_fuse, data["seconds"], data.get("bare", False))
 
 
 @step
@@ -382,3 +451,20 @@ def ledger_rate_limited(index: int):
 @workflow("ledger_rate_limited")
 def ledger_rate_limited_workflow(ctx, data):
     return ctx.step(ledger_rate_limited, data["index"])
+
+
+@step
+def nap(seconds: float) -> float:
+    called("nap")
+    time.sleep(seconds)
+    return seconds
+
+
+@workflow("napper")
+def napper(ctx, data):
+    return ctx.step(nap, data["pause"])
+
+
+@workflow("naps")
+def naps(ctx, data):
+    return [ctx.step(nap, data["pause"]) for _ in range(data["steps"])]

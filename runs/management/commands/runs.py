@@ -1,4 +1,4 @@
-"""Operator command line: python manage.py runs <start|list|show|resume|retry|cancel|signal>,
+"""Operator command line: python manage.py runs <start|list|show|resume|retry|cancel|terminate|signal>,
 and for operations: <export|replay|prune>."""
 
 from __future__ import annotations
@@ -59,7 +59,11 @@ class Command(BaseCommand):
         show = sub.add_parser("show", help="show a run with its steps")
         show.add_argument("run_id", type=int)
 
-        for name, text in [("resume", "resume a failed or dead-lettered run"), ("cancel", "cancel a run")]:
+        for name, text in [
+            ("resume", "resume a failed or dead-lettered run"),
+            ("cancel", "cancel a run"),
+            ("terminate", "interrupt a running run's step now; the run ends failed, resumable"),
+        ]:
             command = sub.add_parser(name, help=text)
             command.add_argument("run_id", type=int)
             command.add_argument("--reason", default="")
@@ -182,6 +186,10 @@ class Command(BaseCommand):
 
     def do_cancel(self, run_id: int, reason: str, **_) -> None:
         outcome = self.get_run(run_id).cancel(by=self.actor, reason=reason)
+        self.stdout.write(f"run {run_id}: {outcome}")
+
+    def do_terminate(self, run_id: int, reason: str, **_) -> None:
+        outcome = self.get_run(run_id).terminate(by=self.actor, reason=reason)
         self.stdout.write(f"run {run_id}: {outcome}")
 
     def do_signal(self, run_id: int, name: str, payload: str, reason: str, **_) -> None:
