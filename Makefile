@@ -33,10 +33,11 @@ bench: venv
 	$(BIN)/python manage.py migrate --noinput --verbosity 0
 	$(BIN)/python manage.py bench --record --json var/bench.json
 
-# Kill workers, wipe the broker, then check from the database that nothing was lost.
+# Kill and freeze workers, starve one of the GIL, wipe the broker, then check from the
+# database that nothing was lost or doubled.
 chaos: venv
 	$(BIN)/python manage.py migrate --noinput --verbosity 0
-	$(BIN)/python manage.py chaos --json var/chaos.json
+	$(BIN)/python manage.py chaos --cpu-step --json var/chaos.json
 
 lint: venv
 	$(BIN)/ruff check .

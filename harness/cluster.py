@@ -86,6 +86,18 @@ class Cluster:
             pass
         process.wait(timeout=10)
 
+    @staticmethod
+    def freeze(process: subprocess.Popen) -> None:
+        """SIGSTOP the whole process group: the machine stalled (a VM paused, swap storm, GC pause)."""
+        os.killpg(process.pid, signal.SIGSTOP)
+
+    @staticmethod
+    def thaw(process: subprocess.Popen) -> None:
+        try:
+            os.killpg(process.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
     def stop(self) -> None:
         for process in self.processes:
             if process.poll() is None:
@@ -112,30 +124,64 @@ def process_tree(pid: int) -> list[int]:
     return [pid, *(int(line) for line in result.stdout.split())]
 
 
-def wipe_broker(queue: str) -> None:
-    """Lose every queued message, as a Redis restart without persistence would.
+def broker_kind(url: str | None = None) -> str:
+    """The broker named by a URL (the configured one by default): filesystem, redis, amqp or memory."""
+    scheme = (url or settings.CELERY_BROKER_URL).split("://", 1)[0]
+    return {"rediss": "redis", "pyamqp": "amqp"}.get(scheme, scheme)
 
-    On the filesystem broker only the given queue's messages go, so other users of
-    the same folder are not disturbed.
+
+def wipe_broker(queue: str) -> None:
+    """Lose every queued message, as a broker restart without persistence would.
+
+    Redis loses this database (FLUSHDB: others may share the server); RabbitMQ and the
+    filesystem broker lose the given queue's waiting messages, so other users of the
+    same vhost or folder are not disturbed. (RabbitMQ keeps the messages its consumers
+    hold unacknowledged: a worker that dies gives them back, as after a real restart
+    a durable queue would.)
     """
-    url = settings.CELERY_BROKER_URL
-    if url.startswith("redis"):
+    kind = broker_kind()
+    if kind == "redis":
         import redis
 
-        redis.Redis.from_url(url).flushdb()  # only this database: others may share the server
-    elif url.startswith("filesystem://"):
+        redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+    elif kind == "amqp":
+        _amqp_queue(queue, lambda channel: channel.queue_purge(queue))
+    elif kind == "filesystem":
         folder = Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"])
         for message in folder.glob(f"*.{queue}.msg"):
             message.unlink(missing_ok=True)
     else:
-        raise NotImplementedError(f"cannot wipe broker {url}")
+        raise NotImplementedError(f"cannot wipe broker {settings.CELERY_BROKER_URL}")
 
 
 def broker_holds_messages(queue: str) -> bool:
-    url = settings.CELERY_BROKER_URL
-    if url.startswith("redis"):
+    """Whether the queue has messages waiting for a consumer."""
+    kind = broker_kind()
+    if kind == "redis":
         import redis
 
-        return redis.Redis.from_url(url).llen(queue) > 0
+        return redis.Redis.from_url(settings.CELERY_BROKER_URL).llen(queue) > 0
+    if kind == "amqp":
+        return (
+            _amqp_queue(queue, lambda channel: channel.queue_declare(queue, passive=True).message_count) or 0
+        ) > 0
     folder = Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"])
     return any(folder.glob(f"*.{queue}.msg"))
+
+
+def forget_queue(queue: str) -> None:
+    """Delete a private queue on RabbitMQ, where it would outlive the cluster (Redis drops an empty list)."""
+    if broker_kind() == "amqp":
+        _amqp_queue(queue, lambda channel: channel.queue_delete(queue))
+
+
+def _amqp_queue(queue: str, operation):
+    """Apply an operation to a RabbitMQ queue; None when the queue does not exist (yet)."""
+    from amqp.exceptions import NotFound
+    from kombu import Connection
+
+    with Connection(settings.CELERY_BROKER_URL, connect_timeout=10) as broker:
+        try:
+            return operation(broker.channel())
+        except NotFound:
+            return None

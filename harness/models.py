@@ -10,6 +10,7 @@ class Call(models.Model):
     run_id = models.BigIntegerField()
     position = models.PositiveIntegerField()
     attempt = models.PositiveIntegerField()
+    step = models.CharField(max_length=200, default="")  # the step's name
     started_at = models.FloatField()  # time.time(): compared with kill times across processes
     pid = models.PositiveIntegerField()
 
