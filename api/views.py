@@ -301,7 +301,7 @@ def run_retry(request: Request, run_id: int) -> Response:
 
 @extend_schema(
     operation_id="runs_cancel",
-    summary="Cancel a run (at once, or before its next step)",
+    summary="Cancel a run (at once; a running step is interrupted)",
     request=ReasonSerializer,
     responses=ACTION,
 )

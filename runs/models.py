@@ -903,7 +903,7 @@ class Run(models.Model):
         self.refresh_from_db()
 
     def cancel(self, by=None, reason: str = "") -> str:
-        """Cancel now if no worker holds the run, else before its next step."""
+        """Cancel now if no worker holds the run; else its worker interrupts the step (runs.liveness)."""
         check_transition([Status.QUEUED, Status.PENDING, Status.WAITING], Status.CANCELLED)
         now = timezone.now()
         with transaction.atomic():

@@ -905,7 +905,7 @@ def run_cancel(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
         outcome = run.cancel(by=request.user, reason=data["reason"])
         if outcome == "cancelled":
             return f"Run {run.pk} cancelled."
-        return f"Cancel requested: run {run.pk}'s running step is interrupted now."
+        return f"Cancel requested: run {run.pk} stops now, interrupting its running step."
 
     return perform(request, run, ReasonForm(request.POST), f"Cancel run {run.pk} ({run.workflow})?", cancel)
 

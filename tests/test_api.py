@@ -392,6 +392,17 @@ def test_it_cancels_signals_and_edits(operator, doorbells):
     assert {"signal", "cancel", "edit", "resume"} <= actions
 
 
+def test_it_terminates_a_running_run_and_refuses_one_that_is_not(operator, doorbells):
+    run = Run.objects.start("arithmetic", {"a": 1, "b": 1})
+    response = post(operator, f"/api/runs/{run.pk}/terminate/", {"reason": "hung"})
+    assert response.status_code == 409
+    assert "only a running run can be terminated" in response.json()["detail"]
+    assert Run.objects.claim(run.pk, "w", "t")
+    response = post(operator, f"/api/runs/{run.pk}/terminate/", {"reason": "hung"})
+    assert (response.status_code, response.json()["detail"]) == (200, f"Run {run.pk}: terminate requested.")
+    assert AuditEntry.objects.filter(run=run, action="terminate", reason="hung").exists()
+
+
 @pytest.mark.parametrize(
     ("action", "body"),
     [

@@ -57,6 +57,13 @@ def test_it_resumes_retries_cancels_and_signals(doorbells):
     assert {"signal", "retry", "cancel", "resume"} <= actions
 
 
+def test_it_terminates_a_running_run(doorbells):
+    run = Run.objects.start("arithmetic", {"a": 1, "b": 1})
+    assert Run.objects.claim(run.pk, "w", "t")
+    assert "terminate requested" in runs("terminate", str(run.pk), "--reason", "hung")
+    assert AuditEntry.objects.filter(run=run, action="terminate", reason="hung").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

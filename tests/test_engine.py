@@ -620,3 +620,29 @@ def test_terminate_is_only_for_running_runs_and_is_audited(doorbells):
     assert (run.status, run.error_type) == (Status.FAILED, "Terminated")
     run.resume(by="operator")
     assert doorbells.drain()[-1] == "succeeded"
+
+
+def test_each_claim_takes_its_own_token_not_the_message_id(doorbells, monkeypatch):
+    """A redelivered copy of a message must not act under the claim it made before."""
+    from runs.tasks import execute
+
+    run = Run.objects.start("sleeper", {})
+    doorbells.rung.clear()
+    tokens = []
+    real_claim = Run.objects.claim
+
+    def recording_claim(run_id, owner, token):
+        tokens.append(token)
+        return real_claim(run_id, owner, token)
+
+    monkeypatch.setattr(Run.objects, "claim", recording_claim)
+    execute.apply(args=(run.pk,), task_id="message-1")
+    monkeypatch.undo()
+    assert tokens and tokens[0] != "message-1"
+    assert Run.objects.get(pk=run.pk).status == Status.WAITING
+    Run.objects.filter(pk=run.pk).update(status=Status.PENDING)
+    assert Run.objects.claim(run.pk, "w", "claim-2")
+    assert Run.objects.get(pk=run.pk).claims == 2
+    # The same message delivered again claims nothing, and the live claim keeps its token.
+    assert execute.apply(args=(run.pk,), task_id="message-1").get() == "skipped"
+    assert Run.objects.get(pk=run.pk).lease_token == "claim-2"

@@ -33,6 +33,7 @@ def action_urls(run) -> list[str]:
     return [
         reverse("run_resume", args=[run.pk]),
         reverse("run_cancel", args=[run.pk]),
+        reverse("run_terminate", args=[run.pk]),
         reverse("run_signal", args=[run.pk]),
         reverse("run_retry", args=[run.pk, 0]),
         reverse("checkpoint_edit", args=[run.pk, 0]),
@@ -214,12 +215,30 @@ def test_cancel_a_waiting_run(client, operator):
     assert Run.objects.get(pk=run.pk).status == Status.CANCELLED
 
 
-def test_cancel_a_running_run_takes_effect_before_its_next_step(client, operator):
+def test_cancel_a_running_run_asks_its_worker_to_interrupt_the_step(client, operator):
     run = make_run(Status.RUNNING, 1, lease_owner="w1", lease_token="t")
     response = client.post(reverse("run_cancel", args=[run.pk]), CONFIRMED, **HTMX)
-    assert "stops before its next step" in response.content.decode()
+    assert "stops now, interrupting its running step" in response.content.decode()
     run.refresh_from_db()
     assert (run.status, run.cancel_requested) == (Status.RUNNING, True)
+
+
+def test_terminate_a_running_run(client, operator):
+    run = make_run(Status.RUNNING, 1, lease_owner="w1", lease_token="t")
+    page = client.get(reverse("run_detail", args=[run.pk])).content.decode()
+    assert reverse("run_terminate", args=[run.pk]) in page
+    response = client.post(reverse("run_terminate", args=[run.pk]), CONFIRMED, **HTMX)
+    assert f"Terminating run {run.pk}" in response.content.decode()
+    run.refresh_from_db()
+    assert (run.status, run.terminate_requested) == (Status.RUNNING, True)
+    assert AuditEntry.objects.filter(run=run, action="terminate", actor=operator).exists()
+
+
+def test_terminate_a_run_that_is_not_running_is_a_message(client, operator):
+    run = make_waiting_run()
+    response = client.post(reverse("run_terminate", args=[run.pk]), CONFIRMED, **HTMX)
+    assert response.status_code == 409
+    assert "only a running run can be terminated" in response.content.decode()
 
 
 def test_cancel_a_finished_run_is_a_message(client, operator):
