@@ -293,14 +293,9 @@ DURABLE_RATE_LIMITS = envlimits("DURABLE_RATE_LIMITS", parse_rate)
 # Modules whose import registers workflows (comma-separated).
 DURABLE_WORKFLOW_MODULES = envlist("DURABLE_WORKFLOW_MODULES", ["agents.demos"])
 
-CELERY_BEAT_SCHEDULE = {
-    "durable-sweep": {
-        "task": "runs.tasks.sweep",
-        "schedule": timedelta(seconds=DURABLE_SWEEP_INTERVAL),
-        # A sweep that could not run in time is replaced by the next one.
-        "options": {"expires": max(DURABLE_SWEEP_INTERVAL * 4, 2.0)},
-    },
-}
+# The sweep runs in every worker's main process (runs.liveness), where a queue full of long
+# runs cannot delay it; beat only schedules upkeep such as pruning.
+CELERY_BEAT_SCHEDULE: dict = {}
 # Tests that drive the engine in-process turn the heartbeat thread off.
 DURABLE_HEARTBEAT_THREAD = envbool("DURABLE_HEARTBEAT_THREAD", True)
 # The longest a step may run when it sets no timeout of its own (0: no limit). Past it the

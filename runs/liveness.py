@@ -18,8 +18,10 @@
   from a thread, which a GIL-holding step can starve: production uses the prefork pool.
 - A holder that hits a database error gives its run back itself (`give_back`): that is not
   a lost worker and does not count towards dead-lettering.
-- The sweep (runs.recovery) never waits on a row lock, and after a gap in its own schedule
-  (a database outage nobody could beat through) it first waits one lease timeout for the
+- The sweep (runs.recovery) runs in every worker's main process too, on a thread of its own
+  every DURABLE_SWEEP_INTERVAL: a queue full of long runs cannot delay it the way it delays
+  a sweep task. It never waits on a row lock, and after a gap in its own schedule (a
+  database outage nobody could beat through) it first waits one lease timeout for the
   survivors to beat again before it calls anyone dead.
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import socket
 import threading
@@ -140,10 +143,14 @@ class Supervisor:
         self.name = name
         self.children = children
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="durable-supervisor")
+        self._threads = [
+            threading.Thread(target=self._loop, daemon=True, name="durable-supervisor"),
+            threading.Thread(target=self._sweep_loop, daemon=True, name="durable-sweeper"),
+        ]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -159,6 +166,19 @@ class Supervisor:
                 connection.close()
             except Exception:
                 log.exception("supervisor %s failed a pass", self.name)
+
+    def _sweep_loop(self) -> None:
+        from runs.recovery import sweep
+
+        # Spread over time, so that the workers' sweeps do not come in lockstep.
+        while not self._stop.wait(settings.DURABLE_SWEEP_INTERVAL * random.uniform(0.75, 1.25)):
+            try:
+                sweep()
+            except DatabaseError:
+                log.warning("sweep in %s: database error", self.name, exc_info=True)
+                connection.close()
+            except Exception:
+                log.exception("sweep in %s failed", self.name)
 
     def tick(self) -> None:
         # What its processes hold is read before the processes are looked at: a process
