@@ -40,7 +40,7 @@ from api.serializers import (
 )
 from runs.export import attach_attempts, export_run
 from runs.forms import search_condition
-from runs.models import InvalidOperation, Run, ensure_json
+from runs.models import InvalidOperation, Run, UnknownQueue, ensure_json
 from runs.workflow import registry
 
 # --- access ----------------------------------------------------------------------------
@@ -199,6 +199,8 @@ def start_run(request: Request) -> Response:
         run, created = Run.objects.start_or_get(
             data["workflow"], data["input"], queue=data["queue"], by=request.user, dedupe_key=key
         )
+    except UnknownQueue as exc:
+        raise ValidationError({"queue": [str(exc)]}) from None
     except ValueError as exc:
         raise ValidationError({"input": [str(exc)]}) from None
     if not created and (run.workflow != data["workflow"] or run.input != ensure_json(data["input"], "input")):

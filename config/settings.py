@@ -231,6 +231,9 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # The queue that runs and the sweep use unless a workflow names another.
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("DURABLE_QUEUE", "durable")
+# The queues workers consume (`celery worker -Q` lists them): starting a run on any other
+# queue is refused, since no worker would ever answer its doorbell.
+DURABLE_QUEUES = envlist("DURABLE_QUEUES", [CELERY_TASK_DEFAULT_QUEUE])
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # How long the pool waits for a result from a child that died before it reports the

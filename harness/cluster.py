@@ -22,6 +22,8 @@ class Cluster:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.queue = f"q-{uuid.uuid4().hex[:8]}"
+        # This process starts runs on the cluster's private queue, which its workers consume.
+        settings.DURABLE_QUEUES = [*settings.DURABLE_QUEUES, self.queue]
         self.processes: list[subprocess.Popen] = []
         self.env = {
             **os.environ,

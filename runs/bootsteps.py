@@ -39,7 +39,8 @@ class LivenessSupervisor(bootsteps.StartStopStep):
     def start(self, worker):
         from runs.liveness import Supervisor
 
-        self.supervisor = Supervisor(self.name, lambda: pool_pids(worker.pool))
+        queues = sorted(worker.app.amqp.queues.consume_from or {})
+        self.supervisor = Supervisor(self.name, lambda: pool_pids(worker.pool), queues)
         self.supervisor.start()
 
     def stop(self, worker):

@@ -139,9 +139,10 @@ STOPPED, GONE = frozenset("Tt"), frozenset("ZX")
 class Supervisor:
     """Runs in a worker's main process: beats, and acts, for the pool processes it forked."""
 
-    def __init__(self, name: str, children: Callable[[], list[int]]):
+    def __init__(self, name: str, children: Callable[[], list[int]], queues: list[str] | None = None):
         self.name = name
         self.children = children
+        self.queues = queues or []
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._loop, daemon=True, name="durable-supervisor"),
@@ -207,9 +208,10 @@ class Supervisor:
             self.enforce(run, 0)  # the solo pool: this very process executes the step
 
     def beat(self, pids: list[int]) -> None:
-        names = [self.name, *(child_name(self.name, pid) for pid in pids)]
-        if WorkerProcess.objects.filter(name__in=names).update(heartbeat_at=timezone.now()) < 1:
-            WorkerProcess.beat(self.name, socket.gethostname(), os.getpid())
+        WorkerProcess.beat(self.name, socket.gethostname(), os.getpid(), self.queues)
+        names = [child_name(self.name, pid) for pid in pids]
+        if names:
+            WorkerProcess.objects.filter(name__in=names).update(heartbeat_at=timezone.now())
 
     def enforce(self, run: Run, pid: int) -> None:
         """Kill the process of a run that must stop now, then end the run as asked."""

@@ -70,6 +70,19 @@ class InvalidOperation(Exception):
     """An operator asked for something the run's current state does not allow."""
 
 
+class UnknownQueue(ValueError):
+    """A run was to start on a queue that no worker is configured to consume."""
+
+
+def check_queue(queue: str) -> str:
+    if queue not in settings.DURABLE_QUEUES:
+        raise UnknownQueue(
+            f"No worker consumes queue {queue!r}; the queues workers consume are "
+            f"{', '.join(settings.DURABLE_QUEUES)} (the DURABLE_QUEUES setting)."
+        )
+    return queue
+
+
 def check_transition(sources, target) -> None:
     for source in sources:
         if target not in TRANSITIONS[source]:
@@ -141,6 +154,7 @@ class RunQuerySet(models.QuerySet):
         from runs.workflow import registry
 
         definition = registry.get(workflow)
+        queue = check_queue(queue or definition.queue or settings.CELERY_TASK_DEFAULT_QUEUE)
         data = ensure_json(input, "run input")
         if dedupe_key and (len(dedupe_key) > 200 or "\x00" in dedupe_key):
             raise ValueError("an idempotency key has at most 200 characters and no NUL")
@@ -154,7 +168,7 @@ class RunQuerySet(models.QuerySet):
                     status=entry_status(definition.name),
                     workflow=definition.name,
                     input=data,
-                    queue=queue or definition.queue or settings.CELERY_TASK_DEFAULT_QUEUE,
+                    queue=queue,
                     code_version=definition.version,
                     dedupe_key=dedupe_key or None,
                     parent=parent,
@@ -1049,6 +1063,13 @@ class Run(models.Model):
         except UnknownWorkflow:
             return None
 
+    def queue_unserved(self, served: set[str] | None = None) -> bool:
+        """Pending on a queue that no live worker has consumed for a minute: nobody will answer."""
+        if self.status != Status.PENDING:
+            return False
+        served = WorkerProcess.served_queues() if served is None else served
+        return served is not None and self.queue not in served
+
     @property
     def can_resume(self) -> bool:
         return self.status in (Status.FAILED, Status.DEAD)
@@ -1256,6 +1277,8 @@ class WorkerProcess(models.Model):
     pid = models.PositiveIntegerField()
     started_at = models.DateTimeField(default=timezone.now)
     heartbeat_at = models.DateTimeField(default=timezone.now)
+    # The queues a worker's main process consumes; empty for its pool processes.
+    queues = models.JSONField(default=list, blank=True)
 
     class Meta:
         indexes = [
@@ -1267,12 +1290,20 @@ class WorkerProcess(models.Model):
         return self.name
 
     @classmethod
-    def beat(cls, name: str, hostname: str, pid: int) -> None:
+    def beat(cls, name: str, hostname: str, pid: int, queues: list[str] | None = None) -> None:
         now = timezone.now()
         if not cls.objects.filter(name=name).update(heartbeat_at=now):
             cls.objects.update_or_create(
-                name=name, defaults={"hostname": hostname, "pid": pid, "heartbeat_at": now}
+                name=name,
+                defaults={"hostname": hostname, "pid": pid, "heartbeat_at": now, "queues": queues or []},
             )
+
+    @classmethod
+    def served_queues(cls, within: float = 60.0) -> set[str] | None:
+        """Queues a worker has consumed in the last `within` seconds; None if none says."""
+        recent = cls.objects.filter(heartbeat_at__gte=timezone.now() - timedelta(seconds=within))
+        listed = [queues for queues in recent.values_list("queues", flat=True) if queues]
+        return {queue for queues in listed for queue in queues} if listed else None
 
 
 class SweepClock(models.Model):

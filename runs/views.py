@@ -395,6 +395,10 @@ def list_context(filters: RunFilterForm) -> dict[str, Any]:
         "filters": filters,
         "page": page,
         "counts": counts,
+        # Only a page showing pending runs asks which queues live workers consume.
+        "served_queues": (
+            WorkerProcess.served_queues() if any(run.status == Status.PENDING for run in page.runs) else None
+        ),
         "filter_items": query,
         "newer_query": urlencode([*query, ("after", page.newer)]) if page.newer else "",
         "older_query": urlencode([*query, ("before", page.older)]) if page.older else "",
@@ -733,6 +737,7 @@ def detail_context(request: AuthenticatedHttpRequest, run: Run, **extra) -> dict
         "signals": list(run.signals.order_by("-id")[:20]),
         "children": list(run.children.defer(*LIST_DEFERRED, "input").order_by("id")[:CHILDREN_SHOWN]),
         "worker": worker_state(run),
+        "queue_unserved": run.queue_unserved(),
         "usage": accounting.totals_for_runs([run.pk]).get(run.pk),
         "code": code_version(run),
         "version": live_stamp(run),

@@ -424,3 +424,10 @@ def test_it_refuses_a_malformed_action_and_changes_nothing(operator, doorbells, 
     assert response.status_code == 400, response.content
     assert Run.objects.get(pk=run.pk).status == Status.FAILED
     assert AuditEntry.objects.count() == before
+
+
+def test_it_refuses_to_start_a_run_on_a_queue_no_worker_consumes(operator, doorbells):
+    response = post(operator, "/api/runs/", {"workflow": "arithmetic", "input": {"a": 1}, "queue": "nowhere"})
+    assert response.status_code == 400
+    assert "No worker consumes queue 'nowhere'" in response.json()["queue"][0]
+    assert not Run.objects.exists()

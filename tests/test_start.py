@@ -40,3 +40,36 @@ def test_it_saves_what_a_step_reports_about_itself_on_its_checkpoint(doorbells):
     checkpoint = run.live_checkpoints().get()
     assert checkpoint.meta == {"model": "fake-1", "input_tokens": 3, "output_tokens": 3}
     assert Run.objects.get(pk=run.pk).status == Status.SUCCEEDED
+
+
+# --- queues ------------------------------------------------------------------------------
+
+
+def test_it_refuses_a_queue_no_worker_consumes(doorbells, settings):
+    from runs.models import UnknownQueue
+
+    settings.DURABLE_QUEUES = ["durable", "llm"]
+    with pytest.raises(UnknownQueue, match=r"No worker consumes queue .nowhere.*durable, llm"):
+        Run.objects.start("arithmetic", {"a": 1, "b": 1}, queue="nowhere")
+    assert not Run.objects.exists()
+    assert Run.objects.start("arithmetic", {"a": 1, "b": 1}, queue="llm").queue == "llm"
+
+
+def test_it_flags_a_pending_run_whose_queue_has_had_no_live_worker_for_a_minute(doorbells, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from runs.models import WorkerProcess
+
+    settings.DURABLE_QUEUES = ["durable", "llm"]
+    run = Run.objects.start("arithmetic", {"a": 1, "b": 1}, queue="llm")
+    assert not run.queue_unserved()  # no worker has said what it consumes: nothing to judge by
+    WorkerProcess.beat("w:1:a", "w", 1, ["durable"])
+    assert run.queue_unserved()
+    WorkerProcess.objects.create(
+        name="w:2:b", hostname="w", pid=2, queues=["llm"], heartbeat_at=timezone.now() - timedelta(seconds=30)
+    )
+    assert not run.queue_unserved()  # its worker went quiet 30 s ago: not a minute yet
+    WorkerProcess.objects.filter(name="w:2:b").update(heartbeat_at=timezone.now() - timedelta(seconds=90))
+    assert run.queue_unserved()

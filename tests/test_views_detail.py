@@ -666,3 +666,11 @@ def test_a_compact_line_counts_its_finished_branches(viewer_client):
     assert '<span class="tag">2 of 3 branches done</span>' in line
     fragment = viewer_client.get(reverse("run_step", args=[run.pk, 5]), **HTMX).content.decode()
     assert fragment.count("<tr class=") == 3
+
+
+def test_a_pending_run_on_a_queue_no_live_worker_consumes_is_flagged(viewer_client):
+    run = make_run(Status.PENDING, 0, queue="llm")
+    WorkerProcess.beat("w:1:a", "w", 1, ["durable"])
+    assert 'id="queue-unserved"' in page(viewer_client, run)
+    WorkerProcess.beat("w:2:b", "w", 2, ["llm"])
+    assert 'id="queue-unserved"' not in page(viewer_client, run)
