@@ -28,8 +28,7 @@ from django.test.utils import CaptureQueriesContext
 
 from harness import workflows  # noqa: F401  (registers the bench workflows in this process)
 from harness.cluster import Cluster, database_url, process_tree
-from harness.models import Call, ChainDone, FloorRow
-from harness.tasks import plain_chain_done, plain_noop
+from harness.models import Call, FloorRow
 from runs.models import Run, Status
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,8 +38,8 @@ PHASES = ("throughput", "checkpoint_bytes", "floor", "recovery", "memory", "page
 @dataclass
 class BenchConfig:
     processes: int = 2  # Celery's default: one per CPU on this 2-core machine
-    runs: int = 20
-    steps: int = 100
+    # Throughput shapes, (runs, steps each): many short runs, and a few long ones.
+    shapes: tuple[tuple[int, int], ...] = ((500, 10), (20, 100))
     floor_rows: int = 2000
     recovery_samples: int = 5
     memory_runs: tuple[int, int] = (1000, 10000)
@@ -80,44 +79,65 @@ class Bench:
     # --- throughput ----------------------------------------------------------------
 
     def throughput(self) -> None:
-        config = self.config
+        """Durable runs in our worker against plain Celery chains in a stock worker.
+
+        Two shapes (many short runs, few long ones); the lower ratio is the headline.
+        """
+        durable, plain = {}, {}
         cluster = self.cluster("throughput")
-        cluster.worker("w", pool="prefork", concurrency=config.processes)
+        cluster.worker("w", pool="prefork", concurrency=self.config.processes)
         try:
-            warm = [Run.objects.start("bench_noop", {"steps": 5}, queue=cluster.queue) for _ in range(4)]
-            wait_until(lambda: self.finished([r.pk for r in warm]), 120, "the worker to warm up", cluster)
-
-            begin = time.time()
-            runs = [
-                Run.objects.start("bench_noop", {"steps": config.steps}, queue=cluster.queue)
-                for _ in range(config.runs)
-            ]
-            ids = [r.pk for r in runs]
-            wait_until(lambda: self.finished(ids), 600, "the durable runs", cluster)
-            end = Run.objects.filter(pk__in=ids).aggregate(end=Max("finished_at"))["end"].timestamp()
-            durable = config.runs * config.steps / (end - begin)
-
-            self.plain_chains(cluster, 2, 5)  # warm the plain path too
-            begin = time.time()
-            end = self.plain_chains(cluster, config.runs, config.steps)
-            plain = config.runs * config.steps / (end - begin)
+            self.durable_runs(cluster, 4, 5)  # warm the worker up
+            for shape in self.config.shapes:
+                durable[shape] = self.durable_runs(cluster, *shape)
         finally:
             cluster.stop()
-        self.figures["durable_steps_per_s"] = round(durable, 1)
-        self.figures["plain_chain_steps_per_s"] = round(plain, 1)
-        self.figures["durable_vs_chain"] = round(durable / plain, 2)
-        self.say(f"throughput: durable {durable:.0f} steps/s, plain chain {plain:.0f} steps/s")
+        baseline = self.cluster("baseline")
+        baseline.stock_worker("stock", concurrency=self.config.processes)
+        try:
+            self.plain_chains(baseline, 2, 5)  # warm the plain path too
+            for shape in self.config.shapes:
+                begin = time.time()
+                plain[shape] = shape[0] * shape[1] / (self.plain_chains(baseline, *shape) - begin)
+        finally:
+            baseline.stop()
+        ratios = {}
+        for runs, steps in self.config.shapes:
+            name = f"{runs}x{steps}"
+            self.figures[f"durable_steps_per_s_{name}"] = round(durable[(runs, steps)], 1)
+            self.figures[f"plain_chain_steps_per_s_{name}"] = round(plain[(runs, steps)], 1)
+            ratios[name] = round(durable[(runs, steps)] / plain[(runs, steps)], 2)
+            self.figures[f"durable_vs_chain_{name}"] = ratios[name]
+            self.say(
+                f"throughput {name}: durable {durable[(runs, steps)]:.0f} steps/s, plain chain "
+                f"{plain[(runs, steps)]:.0f} steps/s ({ratios[name]}x)"
+            )
+        self.figures["durable_vs_chain"] = min(ratios.values())
+
+    def durable_runs(self, cluster: Cluster, count: int, steps: int) -> float:
+        begin = time.time()
+        ids = [
+            Run.objects.start("bench_noop", {"steps": steps}, queue=cluster.queue).pk for _ in range(count)
+        ]
+        wait_until(lambda: self.finished(ids), 600, "the durable runs", cluster)
+        end = Run.objects.filter(pk__in=ids).aggregate(end=Max("finished_at"))["end"].timestamp()
+        return count * steps / (end - begin)
 
     def plain_chains(self, cluster: Cluster, count: int, steps: int) -> float:
+        if settings.CELERY_BROKER_URL.startswith("filesystem://"):
+            os.environ.setdefault(
+                "DURABLE_BROKER_DIR", settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"]
+            )
+        from harness import stock
+
         names = [uuid.uuid4().hex for _ in range(count)]
         for name in names:
-            chain(*[plain_noop.si() for _ in range(steps)], plain_chain_done.si(name)).apply_async(
+            chain(*[stock.noop.si() for _ in range(steps)], stock.done.si(name)).apply_async(
                 queue=cluster.queue
             )
-        wait_until(
-            lambda: ChainDone.objects.filter(chain__in=names).count() == count, 600, "the chains", cluster
-        )
-        return ChainDone.objects.filter(chain__in=names).aggregate(end=Max("finished_at"))["end"]
+        done = [cluster.done_dir / name for name in names]
+        wait_until(lambda: all(path.exists() for path in done), 600, "the chains", cluster)
+        return max(float(path.read_text()) for path in done)
 
     # --- the database's floor ----------------------------------------------------------
 

@@ -39,13 +39,13 @@ class Cluster:
             # Share the broker folder with this process, which rings the doorbells.
             self.env["DURABLE_BROKER_DIR"] = settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"]
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str], app: str = "config", **env: str) -> subprocess.Popen:
         path = self.log_dir / f"{name}.log"
         with open(path, "ab") as log:
             process = subprocess.Popen(
-                [CELERY, "-A", "config", *args],
+                [CELERY, "-A", app, *args],
                 cwd=ROOT,
-                env=self.env,
+                env={**self.env, **env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group, so SIGKILL takes pool children too
@@ -75,6 +75,20 @@ class Cluster:
                 "info",
             ],
         )
+
+    def stock_worker(self, name: str, concurrency: int) -> subprocess.Popen:
+        """A stock Celery worker (harness.stock): Celery's defaults, its prefork pool, acks_late."""
+        args = ["worker", "-Q", self.queue, "-n", f"{name}-{self.queue}@%h", f"--concurrency={concurrency}"]
+        return self._spawn(
+            name, [*args, "-l", "warning"], app="harness.stock", STOCK_DONE_DIR=str(self.done_dir)
+        )
+
+    @property
+    def done_dir(self) -> Path:
+        """Where the stock worker records finished chains, one file per chain."""
+        folder = self.log_dir / "chains-done"
+        folder.mkdir(exist_ok=True)
+        return folder
 
     def beat(self) -> subprocess.Popen:
         return self._spawn("beat", ["beat", "-l", "info", "-s", str(self.log_dir / "beat-schedule")])

@@ -42,16 +42,6 @@ class SideEffect(models.Model):
         return f"effect {self.idempotency_key}"
 
 
-class ChainDone(models.Model):
-    """Written by the last task of a plain Celery chain in the benchmark."""
-
-    chain = models.CharField(max_length=64, unique=True)
-    finished_at = models.FloatField()
-
-    def __str__(self) -> str:
-        return self.chain
-
-
 class FloorRow(models.Model):
     """One-row INSERT+COMMIT loop: the database's own floor for the benchmark."""
 

@@ -58,8 +58,7 @@ class Command(BaseCommand):
         config = BenchConfig()
         if options["quick"]:
             config = BenchConfig(
-                runs=6,
-                steps=30,
+                shapes=((50, 5), (6, 30)),
                 floor_rows=400,
                 recovery_samples=2,
                 memory_runs=(100, 400),
