@@ -292,6 +292,14 @@ DURABLE_CONCURRENCY = envlimits("DURABLE_CONCURRENCY", parse_concurrency)
 DURABLE_RATE_LIMITS = envlimits("DURABLE_RATE_LIMITS", parse_rate)
 # Modules whose import registers workflows (comma-separated).
 DURABLE_WORKFLOW_MODULES = envlist("DURABLE_WORKFLOW_MODULES", ["agents.demos"])
+# JSON that people and clients send (run input, signal payloads, checkpoint edits) is
+# refused beyond this many bytes of text, and every stored JSON value beyond this many
+# levels of nested arrays and objects (runs.jsoninput). Past ~200 levels Python's own
+# encoder and decoder recurse too deep to be safe, so the limit stops there.
+DURABLE_JSON_MAX_BYTES = envint("DURABLE_JSON_MAX_BYTES", 1024 * 1024, minimum=1)
+DURABLE_JSON_MAX_DEPTH = envint("DURABLE_JSON_MAX_DEPTH", 64, minimum=1)
+if DURABLE_JSON_MAX_DEPTH > 200:
+    raise ImproperlyConfigured("DURABLE_JSON_MAX_DEPTH must be at most 200")
 
 CELERY_BEAT_SCHEDULE = {
     "durable-sweep": {
@@ -415,7 +423,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["api.renderers.SafeJSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["api.parsers.StrictJSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "api.views.exception_handler",
