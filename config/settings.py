@@ -475,6 +475,10 @@ def envnetworks(name: str) -> list[str]:
 # from one of these addresses/networks (REMOTE_ADDR, comma-separated). Neither set: 403.
 DURABLE_METRICS_TOKEN = os.environ.get("DURABLE_METRICS_TOKEN", "")
 DURABLE_METRICS_ALLOWED_IPS = envnetworks("DURABLE_METRICS_ALLOWED_IPS")
+# Error messages and model calls are stored with every secret they contain replaced by
+# [redacted] (runs.redaction): API keys, tokens, Authorization headers, the values of the
+# secret settings above, and these values (comma-separated), e.g. a payment API's key.
+DURABLE_REDACT_VALUES = envlist("DURABLE_REDACT_VALUES", [])
 # A scrape within this many seconds of the last one is answered from memory.
 DURABLE_METRICS_CACHE_SECONDS = envfloat("DURABLE_METRICS_CACHE_SECONDS", 10.0)
 
