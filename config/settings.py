@@ -192,18 +192,48 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"
 STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise warns on every request until collectstatic has run
 
+# Everything goes to stderr, one line per record, in every configuration (DEBUG or not,
+# web or worker): the process manager (systemd, honcho, a container runtime) keeps it.
+# Errors carry their traceback: a 500 (django.request), a task that raised
+# (celery.app.trace), the engine's and the agents' warnings. The root logger has the
+# handler, so Celery's worker adds none of its own and nothing is printed twice.
+LOG_LEVEL = os.environ.get("DURABLE_LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+    raise ImproperlyConfigured(f"DURABLE_LOG_LEVEL={LOG_LEVEL!r}: use DEBUG, INFO, WARNING or ERROR")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {
+        "line": {"format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"},
+    },
+    "handlers": {
+        "stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "line"},
+    },
+    "root": {"handlers": ["stderr"], "level": "WARNING"},
     "loggers": {
-        "runs": {"handlers": ["console"], "level": os.environ.get("DURABLE_LOG_LEVEL", "INFO")},
-        # One line per task (and per sweep, twice a second) drowns what matters.
+        "runs": {"level": LOG_LEVEL},
+        "agents": {"level": LOG_LEVEL},
+        # Server errors with their traceback; 4xx lines are the access log's business.
+        "django.request": {"handlers": ["stderr"], "level": "ERROR", "propagate": False},
+        # Failed tasks with their traceback; one line per successful task (and per sweep,
+        # twice a second) would drown what matters.
         "celery.app.trace": {"level": "WARNING"},
         "celery.worker.strategy": {"level": "WARNING"},
         "celery.beat": {"level": "WARNING"},
     },
 }
+
+# Optional error reporting to Sentry (or a compatible service) when SENTRY_DSN is set:
+# Django and Celery integrations, messages redacted as stored errors are (config.sentry).
+SENTRY_DSN = os.environ.get("SENTRY_DSN", "").strip()
+SENTRY_ENVIRONMENT = os.environ.get("SENTRY_ENVIRONMENT", "production")
+SENTRY_TRACES_SAMPLE_RATE = envfloat("SENTRY_TRACES_SAMPLE_RATE", 0.0)
+if SENTRY_TRACES_SAMPLE_RATE > 1:
+    raise ImproperlyConfigured("SENTRY_TRACES_SAMPLE_RATE is a fraction between 0 and 1")
+if SENTRY_DSN:
+    from config import sentry
+
+    sentry.init(SENTRY_DSN, environment=SENTRY_ENVIRONMENT, traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE)
 
 # --- Celery -------------------------------------------------------------------
 # The broker is only a doorbell: every message names a run whose state lives in
