@@ -7,6 +7,7 @@ CELERY_BROKER_URL.
 """
 
 import os
+import secrets
 from datetime import timedelta
 from pathlib import Path
 
@@ -112,14 +113,72 @@ def database_from_env() -> dict:
     return config
 
 
+def local_secret_key(path: Path) -> str:
+    """A random key made on first start and kept in `path` (mode 0600), for an
+    installation on one machine; concurrent first starts agree on one key."""
+    try:
+        if key := path.read_text().strip():
+            return key
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ImproperlyConfigured(f"cannot read {path}: {exc}; set SECRET_KEY") from None
+    candidate = path.with_name(f".{path.name}.{os.getpid()}")
+    descriptor = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secrets.token_urlsafe(50) + "\n")
+    try:
+        os.link(candidate, path)  # atomic, and refuses to replace: the first start wins
+    except FileExistsError:
+        pass
+    finally:
+        candidate.unlink()
+    return path.read_text().strip()
+
+
 DEBUG = envbool("DEBUG", False)
-SECRET_KEY = os.environ.get("SECRET_KEY", "")
+# The embedded default answers on localhost only; an installation that names its hosts
+# (ALLOWED_HOSTS) is a deployment and must be given its SECRET_KEY, the same on every
+# machine. Without one a deployment does not start (unless DEBUG is on); the embedded
+# default makes a random key once and keeps it in DURABLE_VAR_DIR/secret_key.
+# DURABLE_REQUIRE_SECRET_KEY=true refuses to start without SECRET_KEY in any case.
+SECRET_KEY = os.environ.get("SECRET_KEY", "").strip()
 if not SECRET_KEY:
-    if not DEBUG and envbool("DURABLE_REQUIRE_SECRET_KEY", False):
-        raise ImproperlyConfigured("SECRET_KEY must be set in production")
-    SECRET_KEY = "insecure-local-development-key-change-me"
+    deployed = bool(os.environ.get("ALLOWED_HOSTS", "").strip())
+    if envbool("DURABLE_REQUIRE_SECRET_KEY", False) or (deployed and not DEBUG):
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set: a long random value, the same for every process of the "
+            "installation (python -c 'import secrets; print(secrets.token_urlsafe(50))')"
+        )
+    SECRET_KEY = local_secret_key(VAR_DIR / "secret_key")
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
+
+# Behind a TLS-terminating proxy that sets X-Forwarded-Proto (and strips it from what
+# clients send): DURABLE_HTTPS=true makes cookies HTTPS-only, redirects plain HTTP, and
+# sends HSTS. Never turn it on where clients can reach the app without that proxy: they
+# could then claim HTTPS with the header themselves.
+DURABLE_HTTPS = envbool("DURABLE_HTTPS", False)
+if DURABLE_HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = envint("DURABLE_HSTS_SECONDS", 365 * 24 * 3600)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("DURABLE_HSTS_INCLUDE_SUBDOMAINS", True)
+    # Submitting the domain to browsers' preload lists is its owner's decision, made
+    # once for every subdomain: off unless asked for, and check --deploy is told so.
+    SECURE_HSTS_PRELOAD = envbool("DURABLE_HSTS_PRELOAD", False)
+    if not SECURE_HSTS_PRELOAD:
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]
+# /metrics and the health checks of load balancers may come over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^metrics$"]
+
+# Sessions end when the browser closes, and after 12 hours in any case, unless the user
+# ticks "stay signed in" at login (runs.accounts): then they last 14 days.
+SESSION_COOKIE_AGE = envint("DURABLE_SESSION_SECONDS", 12 * 3600, minimum=60)
+SESSION_EXPIRE_AT_BROWSER_CLOSE = True
+DURABLE_REMEMBER_SECONDS = envint("DURABLE_REMEMBER_SECONDS", 14 * 24 * 3600, minimum=60)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -464,6 +523,8 @@ SPECTACULAR_SETTINGS = {
     "`Authorization: Token <key>` (create one with `manage.py drf_create_token USER`).",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema lists this deployment's workflows: it is read like the API, signed in.
+    "SERVE_PERMISSIONS": ["api.views.CanView"],
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": "/api",
     "ENUM_NAME_OVERRIDES": {
