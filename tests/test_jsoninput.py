@@ -120,6 +120,13 @@ def test_starting_a_run_with_deep_input_from_code_is_refused(doorbells):
 
 
 @pytest.mark.django_db
+def test_a_signal_as_deep_as_the_limit_is_accepted_and_audited():
+    run = make_waiting_run()
+    run.send_signal("approve", nested_value(64))
+    assert Signal.objects.get().payload == nested_value(64)
+
+
+@pytest.mark.django_db
 def test_a_deep_signal_or_edit_from_code_is_refused_and_changes_nothing():
     waiting = make_waiting_run()
     with pytest.raises(InvalidOperation, match="signal payload is nested deeper"):
