@@ -6,7 +6,7 @@ deeper than DURABLE_JSON_MAX_DEPTH, NaN and Infinity, and strings no database co
 can hold are refused with a JSONInputError (a ValueError) naming the limit, before any
 row is touched. Nesting is measured on the text before it is decoded, so no input can
 make the decoder recurse. Values handed over by code are checked where they are stored:
-runs.models.ensure_json calls `check_value`.
+runs.models.ensure_json measures the text it encodes with `text_depth`.
 
 Showing stored JSON never fails: `render` formats a value, and falls back to compact
 text written by an encoder without recursion (`flat`) when the standard one gives up,
@@ -64,7 +64,7 @@ def parse(text: str | bytes, what: str = "JSON", *, check: bool = True) -> Any:
         # A character is at least one byte: only text that might fit is encoded to count.
         size = len(text) if len(text) > max_bytes() else len(text.encode("utf-8", "surrogatepass"))
     if size > max_bytes():
-        raise JSONInputError(f"{what} is {size:,} bytes long; at most {max_bytes():,} bytes are accepted.")
+        raise JSONInputError(f"{what} is longer than {max_bytes():,} bytes, the most accepted.")
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")

@@ -58,10 +58,10 @@ def test_the_depth_limit_is_a_setting(settings):
 def test_it_refuses_text_over_the_size_limit_naming_it(settings):
     settings.DURABLE_JSON_MAX_BYTES = 100
     assert jsoninput.parse('"' + "x" * 98 + '"') == "x" * 98
-    with pytest.raises(JSONInputError, match="101 bytes long; at most 100 bytes"):
+    with pytest.raises(JSONInputError, match="JSON is longer than 100 bytes, the most accepted"):
         jsoninput.parse('"' + "x" * 99 + '"')
     # Bytes, not characters: 34 three-byte characters are 102 bytes.
-    with pytest.raises(JSONInputError, match="at most 100 bytes"):
+    with pytest.raises(JSONInputError, match="longer than 100 bytes"):
         jsoninput.parse('"' + "€" * 34 + '"')
 
 
@@ -182,3 +182,49 @@ def test_render_falls_back_to_raw_text_when_a_value_is_too_deep_to_format():
     assert jsoninput.render({"a": 1}, indent=2) == ('{\n  "a": 1\n}', True)
     text, formatted = jsoninput.render(nested_value(5000), indent=2, cap=100)
     assert (text, formatted) == ("[" * 100, False)
+
+
+# --- the message at every door ------------------------------------------------------------
+
+DEEP_TEXT = nested(990)
+
+
+@pytest.mark.django_db
+def test_every_door_names_the_limit(client, admin_client, settings):
+    from django.core.management import CommandError, call_command
+
+    from tests.factories import make_operator
+
+    settings.DURABLE_JSON_MAX_BYTES = 5000
+    waiting = make_waiting_run()
+    failed = make_failed_run(steps=2)
+    client.force_login(make_operator("olga"))
+
+    signal = client.post(
+        f"/runs/{waiting.pk}/signal/", {"name": "go", "payload": DEEP_TEXT, "confirmed": "yes"}
+    )
+    assert signal.status_code == 422
+    assert "nested deeper than 64 levels" in signal.content.decode()
+    edit = client.post(
+        f"/runs/{failed.pk}/steps/0/edit/", {"output": "[" + "1," * 5000 + "1]", "confirmed": "yes"}
+    )
+    assert edit.status_code == 422
+    assert "longer than 5,000 bytes" in edit.content.decode()
+
+    checkpoint = Checkpoint.objects.live().get(run=failed, position=0)
+    admin = admin_client.post(f"/admin/steps/checkpoint/{checkpoint.pk}/change/", {"output": DEEP_TEXT})
+    assert admin.status_code == 200
+    assert "nested deeper than 64 levels" in admin.content.decode()
+
+    api = client.post(
+        f"/api/runs/{waiting.pk}/signal/",
+        '{"name": "go", "payload": ' + DEEP_TEXT + "}",
+        content_type="application/json",
+    )
+    assert api.status_code == 400
+    assert "nested deeper than 64 levels" in api.json()["detail"]
+
+    with pytest.raises(CommandError, match="nested deeper than 64 levels"):
+        call_command("runs", "signal", str(waiting.pk), "go", "--payload", DEEP_TEXT)
+    assert not Signal.objects.exists()
+    assert Run.objects.get(pk=failed.pk).status == Status.FAILED
