@@ -12,7 +12,6 @@ written by agents.llm when the call succeeded.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
@@ -21,6 +20,10 @@ from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
 from agents.models import ProviderCall
+from runs import jsoninput
+
+# A value on an LLM step's page that cannot be formatted is shown raw, cut here.
+META_CAP = 20_000
 
 
 class Usage(TypedDict):
@@ -199,14 +202,14 @@ def _readable(content: Any) -> str:
     """A tool result: JSON text is pretty-printed, anything else shown as it is."""
     if isinstance(content, str):
         try:
-            return _pretty(json.loads(content))
+            return _pretty(jsoninput.parse(content, check=False))
         except ValueError:
             return content
     return _text(content)
 
 
 def _pretty(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+    return jsoninput.pretty(value, cap=META_CAP, sort_keys=True, default=str)
 
 
 def _int(value: Any) -> int:

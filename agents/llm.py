@@ -36,6 +36,8 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from agents import faults
+from runs import jsoninput
+from runs.redaction import redact, redact_value
 from runs.workflow import NonRetryableError, RetryPolicy, current_step, step
 
 log = logging.getLogger(__name__)
@@ -303,9 +305,10 @@ def normalise(reply: ProviderReply, *, json_mode: bool) -> dict:
         arguments = call.get("arguments")
         if isinstance(arguments, str):
             try:
-                arguments = json.loads(arguments or "{}")
+                arguments = jsoninput.parse(arguments or "{}", "the arguments", check=False)
             except ValueError as exc:
-                raise MalformedReply(f"tool call {call.get('name')!r} has unparsable arguments: {exc}")
+                message = f"tool call {call.get('name')!r} has unparsable arguments: {exc}"
+                raise MalformedReply(redact(message))
         if not isinstance(arguments, dict) or not call.get("name"):
             raise MalformedReply(f"tool call {index} has no name or its arguments are not an object")
         calls.append({"id": call.get("id") or f"call_{index}", "name": call["name"], "arguments": arguments})
@@ -328,9 +331,9 @@ def parse_json_reply(text: str) -> Any:
     if cleaned.startswith("```"):  # models like to fence JSON even when asked not to
         cleaned = cleaned.strip("`").removeprefix("json").strip()
     try:
-        return json.loads(cleaned)
+        return jsoninput.parse(cleaned, "the reply", check=False)
     except ValueError as exc:
-        raise MalformedReply(f"the model was asked for JSON but replied {text[:200]!r}: {exc}")
+        raise MalformedReply(redact(f"the model was asked for JSON but replied {text[:200]!r}: {exc}"))
 
 
 def estimate_cost(model: str, input_tokens: int, output_tokens: int) -> float | None:
@@ -396,24 +399,29 @@ def _describe_step(provider: str, reply: ProviderReply, request: LLMRequest, res
     if info is None:
         return
     model = reply.model or request["model"]
+    # Shown on the run page and exported: no secret a prompt or a reply happened to hold.
     info.meta.update(
         kind="llm",
         label=info.name.partition(":")[2],
         provider=provider,
         model=model,
-        request={
-            "messages": _clip(request["messages"]),
-            "tools": [tool["name"] for tool in request.get("tools") or []],
-            "json": bool(request.get("json")),
-            "temperature": request.get("temperature"),
-            "max_tokens": request.get("max_tokens"),
-        },
-        response={
-            "id": reply.response_id,
-            "content": result["content"],
-            "tool_calls": result["tool_calls"],
-            "finish_reason": result["finish_reason"],
-        },
+        request=redact_value(
+            {
+                "messages": _clip(request["messages"]),
+                "tools": [tool["name"] for tool in request.get("tools") or []],
+                "json": bool(request.get("json")),
+                "temperature": request.get("temperature"),
+                "max_tokens": request.get("max_tokens"),
+            }
+        ),
+        response=redact_value(
+            {
+                "id": reply.response_id,
+                "content": result["content"],
+                "tool_calls": result["tool_calls"],
+                "finish_reason": result["finish_reason"],
+            }
+        ),
         input_tokens=reply.input_tokens,
         output_tokens=reply.output_tokens,
         latency_ms=latency_ms,

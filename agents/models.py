@@ -11,6 +11,8 @@ from __future__ import annotations
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
+from runs.redaction import redact
+
 
 class ProviderCall(models.Model):
     """One request to a model provider, successful or not: what was spent.
@@ -48,6 +50,11 @@ class ProviderCall(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider}/{self.model} for run {self.run_id} step {self.position}: {self.outcome}"
+
+    def save(self, *args, **kwargs):
+        # What a provider answered is stored without the secrets it may echo (runs.redaction).
+        self.model, self.outcome = redact(self.model), redact(self.outcome)
+        super().save(*args, **kwargs)
 
 
 class OrderStatus(models.TextChoices):

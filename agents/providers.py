@@ -23,6 +23,7 @@ from agents.llm import (
     ProviderUnavailable,
     RateLimited,
 )
+from runs.redaction import redact
 
 
 def error_for_status(status: int, message: str, *, code: str = "", retry_after: float | None = None):
@@ -56,15 +57,16 @@ def _error_code(body: Any) -> str:
 
 
 def _translate(exc: Exception, sdk) -> LLMError | None:
-    """Map an SDK exception (openai and anthropic share the class names) to ours."""
+    """Map an SDK exception (openai and anthropic share the class names) to ours. Messages
+    are redacted: a provider may echo the key it was sent."""
     if isinstance(exc, sdk.APITimeoutError):
-        return ProviderTimeout(f"{type(exc).__name__}: {exc}")
+        return ProviderTimeout(redact(f"{type(exc).__name__}: {exc}"))
     if isinstance(exc, sdk.APIConnectionError):
-        return ProviderUnavailable(f"{type(exc).__name__}: {exc}")
+        return ProviderUnavailable(redact(f"{type(exc).__name__}: {exc}"))
     if isinstance(exc, sdk.APIStatusError):
         return error_for_status(
             exc.status_code,
-            f"{type(exc).__name__} ({exc.status_code}): {exc.message}",
+            redact(f"{type(exc).__name__} ({exc.status_code}): {exc.message}"),
             code=_error_code(exc.body),
             retry_after=_retry_after(exc.response),
         )
@@ -115,7 +117,8 @@ class OpenAIProvider:
         try:
             completion = self._client.chat.completions.create(**params)
         except self._sdk.OpenAIError as exc:
-            raise (_translate(exc, self._sdk) or ProviderUnavailable(f"{type(exc).__name__}: {exc}")) from exc
+            unknown = ProviderUnavailable(redact(f"{type(exc).__name__}: {exc}"))
+            raise (_translate(exc, self._sdk) or unknown) from exc
         return self._reply(completion)
 
     @staticmethod
@@ -200,7 +203,8 @@ class AnthropicProvider:
         try:
             message = self._client.messages.create(**params)
         except self._sdk.AnthropicError as exc:
-            raise (_translate(exc, self._sdk) or ProviderUnavailable(f"{type(exc).__name__}: {exc}")) from exc
+            unknown = ProviderUnavailable(redact(f"{type(exc).__name__}: {exc}"))
+            raise (_translate(exc, self._sdk) or unknown) from exc
         return self._reply(message)
 
     @staticmethod

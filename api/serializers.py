@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from django.core.validators import RegexValidator
@@ -10,42 +9,29 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from runs import jsoninput
+from runs.jsoninput import JSONInputError
 from runs.models import Run, Signal, Status
 from runs.workflow import UnknownWorkflow, registry
 from steps.models import Attempt, Checkpoint
 
-# JSON nested deeper than this is refused: the database round trip would recurse too far.
-MAX_JSON_DEPTH = 64
 MAX_ID = 2**63 - 1
 
 
 def storable(value: Any) -> None:
     """Refuse JSON that a database column cannot hold: NUL characters, lone surrogates,
-    non-finite numbers, absurd nesting."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            raise serializers.ValidationError(f"JSON is nested deeper than {MAX_JSON_DEPTH} levels.")
-        if isinstance(item, str):
-            check_text(item)
-        elif isinstance(item, float) and not math.isfinite(item):
-            raise serializers.ValidationError("Numbers must be finite.")
-        elif isinstance(item, dict):
-            for key, child in item.items():
-                check_text(key)
-                stack.append((child, depth + 1))
-        elif isinstance(item, list):
-            stack.extend((child, depth + 1) for child in item)
+    non-finite numbers, nesting beyond DURABLE_JSON_MAX_DEPTH (runs.jsoninput)."""
+    try:
+        jsoninput.check_value(value)
+    except JSONInputError as exc:
+        raise serializers.ValidationError(str(exc)) from None
 
 
 def check_text(text: str) -> None:
-    if "\x00" in text:
-        raise serializers.ValidationError("Text may not contain NUL (\\u0000) characters.")
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise serializers.ValidationError("Text must be valid Unicode (no lone surrogates).") from None
+        jsoninput.check_text(text, "Text")
+    except JSONInputError as exc:
+        raise serializers.ValidationError(str(exc)) from None
 
 
 class Text(serializers.CharField):

@@ -7,6 +7,7 @@ CELERY_BROKER_URL.
 """
 
 import os
+import secrets
 from datetime import timedelta
 from pathlib import Path
 
@@ -112,14 +113,72 @@ def database_from_env() -> dict:
     return config
 
 
+def local_secret_key(path: Path) -> str:
+    """A random key made on first start and kept in `path` (mode 0600), for an
+    installation on one machine; concurrent first starts agree on one key."""
+    try:
+        if key := path.read_text().strip():
+            return key
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ImproperlyConfigured(f"cannot read {path}: {exc}; set SECRET_KEY") from None
+    candidate = path.with_name(f".{path.name}.{os.getpid()}")
+    descriptor = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secrets.token_urlsafe(50) + "\n")
+    try:
+        os.link(candidate, path)  # atomic, and refuses to replace: the first start wins
+    except FileExistsError:
+        pass
+    finally:
+        candidate.unlink()
+    return path.read_text().strip()
+
+
 DEBUG = envbool("DEBUG", False)
-SECRET_KEY = os.environ.get("SECRET_KEY", "")
+# The embedded default answers on localhost only; an installation that names its hosts
+# (ALLOWED_HOSTS) is a deployment and must be given its SECRET_KEY, the same on every
+# machine. Without one a deployment does not start (unless DEBUG is on); the embedded
+# default makes a random key once and keeps it in DURABLE_VAR_DIR/secret_key.
+# DURABLE_REQUIRE_SECRET_KEY=true refuses to start without SECRET_KEY in any case.
+SECRET_KEY = os.environ.get("SECRET_KEY", "").strip()
 if not SECRET_KEY:
-    if not DEBUG and envbool("DURABLE_REQUIRE_SECRET_KEY", False):
-        raise ImproperlyConfigured("SECRET_KEY must be set in production")
-    SECRET_KEY = "insecure-local-development-key-change-me"
+    deployed = bool(os.environ.get("ALLOWED_HOSTS", "").strip())
+    if envbool("DURABLE_REQUIRE_SECRET_KEY", False) or (deployed and not DEBUG):
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set: a long random value, the same for every process of the "
+            "installation (python -c 'import secrets; print(secrets.token_urlsafe(50))')"
+        )
+    SECRET_KEY = local_secret_key(VAR_DIR / "secret_key")
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
+
+# Behind a TLS-terminating proxy that sets X-Forwarded-Proto (and strips it from what
+# clients send): DURABLE_HTTPS=true makes cookies HTTPS-only, redirects plain HTTP, and
+# sends HSTS. Never turn it on where clients can reach the app without that proxy: they
+# could then claim HTTPS with the header themselves.
+DURABLE_HTTPS = envbool("DURABLE_HTTPS", False)
+if DURABLE_HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = envint("DURABLE_HSTS_SECONDS", 365 * 24 * 3600)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("DURABLE_HSTS_INCLUDE_SUBDOMAINS", True)
+    # Submitting the domain to browsers' preload lists is its owner's decision, made
+    # once for every subdomain: off unless asked for, and check --deploy is told so.
+    SECURE_HSTS_PRELOAD = envbool("DURABLE_HSTS_PRELOAD", False)
+    if not SECURE_HSTS_PRELOAD:
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]
+# /metrics and the health checks of load balancers may come over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^metrics$"]
+
+# Sessions end when the browser closes, and after 12 hours in any case, unless the user
+# ticks "stay signed in" at login (runs.accounts): then they last 14 days.
+SESSION_COOKIE_AGE = envint("DURABLE_SESSION_SECONDS", 12 * 3600, minimum=60)
+SESSION_EXPIRE_AT_BROWSER_CLOSE = True
+DURABLE_REMEMBER_SECONDS = envint("DURABLE_REMEMBER_SECONDS", 14 * 24 * 3600, minimum=60)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -133,6 +192,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "csp",
     "runs",
     "steps",
     "harness",
@@ -149,8 +209,25 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
 ]
+
+# Content-Security-Policy on every response: scripts, styles and everything else from
+# this origin only; no inline script, event handler or style attribute anywhere (htmx's
+# indicator styles are in app.css), no eval, no framing. `data:` images: the favicon.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
@@ -192,18 +269,48 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"
 STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise warns on every request until collectstatic has run
 
+# Everything goes to stderr, one line per record, in every configuration (DEBUG or not,
+# web or worker): the process manager (systemd, honcho, a container runtime) keeps it.
+# Errors carry their traceback: a 500 (django.request), a task that raised
+# (celery.app.trace), the engine's and the agents' warnings. The root logger has the
+# handler, so Celery's worker adds none of its own and nothing is printed twice.
+LOG_LEVEL = os.environ.get("DURABLE_LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+    raise ImproperlyConfigured(f"DURABLE_LOG_LEVEL={LOG_LEVEL!r}: use DEBUG, INFO, WARNING or ERROR")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {
+        "line": {"format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"},
+    },
+    "handlers": {
+        "stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "line"},
+    },
+    "root": {"handlers": ["stderr"], "level": "WARNING"},
     "loggers": {
-        "runs": {"handlers": ["console"], "level": os.environ.get("DURABLE_LOG_LEVEL", "INFO")},
-        # One line per task (and per sweep, twice a second) drowns what matters.
+        "runs": {"level": LOG_LEVEL},
+        "agents": {"level": LOG_LEVEL},
+        # Server errors with their traceback; 4xx lines are the access log's business.
+        "django.request": {"handlers": ["stderr"], "level": "ERROR", "propagate": False},
+        # Failed tasks with their traceback; one line per successful task (and per sweep,
+        # twice a second) would drown what matters.
         "celery.app.trace": {"level": "WARNING"},
         "celery.worker.strategy": {"level": "WARNING"},
         "celery.beat": {"level": "WARNING"},
     },
 }
+
+# Optional error reporting to Sentry (or a compatible service) when SENTRY_DSN is set:
+# Django and Celery integrations, messages redacted as stored errors are (config.sentry).
+SENTRY_DSN = os.environ.get("SENTRY_DSN", "").strip()
+SENTRY_ENVIRONMENT = os.environ.get("SENTRY_ENVIRONMENT", "production")
+SENTRY_TRACES_SAMPLE_RATE = envfloat("SENTRY_TRACES_SAMPLE_RATE", 0.0)
+if SENTRY_TRACES_SAMPLE_RATE > 1:
+    raise ImproperlyConfigured("SENTRY_TRACES_SAMPLE_RATE is a fraction between 0 and 1")
+if SENTRY_DSN:
+    from config import sentry
+
+    sentry.init(SENTRY_DSN, environment=SENTRY_ENVIRONMENT, traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE)
 
 # --- Celery -------------------------------------------------------------------
 # The broker is only a doorbell: every message names a run whose state lives in
@@ -295,6 +402,14 @@ DURABLE_CONCURRENCY = envlimits("DURABLE_CONCURRENCY", parse_concurrency)
 DURABLE_RATE_LIMITS = envlimits("DURABLE_RATE_LIMITS", parse_rate)
 # Modules whose import registers workflows (comma-separated).
 DURABLE_WORKFLOW_MODULES = envlist("DURABLE_WORKFLOW_MODULES", ["agents.demos"])
+# JSON that people and clients send (run input, signal payloads, checkpoint edits) is
+# refused beyond this many bytes of text, and every stored JSON value beyond this many
+# levels of nested arrays and objects (runs.jsoninput). Past ~200 levels Python's own
+# encoder and decoder recurse too deep to be safe, so the limit stops there.
+DURABLE_JSON_MAX_BYTES = envint("DURABLE_JSON_MAX_BYTES", 1024 * 1024, minimum=1)
+DURABLE_JSON_MAX_DEPTH = envint("DURABLE_JSON_MAX_DEPTH", 64, minimum=1)
+if DURABLE_JSON_MAX_DEPTH > 200:
+    raise ImproperlyConfigured("DURABLE_JSON_MAX_DEPTH must be at most 200")
 
 # The sweep runs in every worker's main process (runs.liveness), where a queue full of long
 # runs cannot delay it; beat only schedules upkeep such as pruning.
@@ -413,7 +528,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["api.renderers.SafeJSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["api.parsers.StrictJSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "api.views.exception_handler",
@@ -424,6 +539,8 @@ SPECTACULAR_SETTINGS = {
     "`Authorization: Token <key>` (create one with `manage.py drf_create_token USER`).",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema lists this deployment's workflows: it is read like the API, signed in.
+    "SERVE_PERMISSIONS": ["api.views.CanView"],
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": "/api",
     "ENUM_NAME_OVERRIDES": {
@@ -465,6 +582,10 @@ def envnetworks(name: str) -> list[str]:
 # from one of these addresses/networks (REMOTE_ADDR, comma-separated). Neither set: 403.
 DURABLE_METRICS_TOKEN = os.environ.get("DURABLE_METRICS_TOKEN", "")
 DURABLE_METRICS_ALLOWED_IPS = envnetworks("DURABLE_METRICS_ALLOWED_IPS")
+# Error messages and model calls are stored with every secret they contain replaced by
+# [redacted] (runs.redaction): API keys, tokens, Authorization headers, the values of the
+# secret settings above, and these values (comma-separated), e.g. a payment API's key.
+DURABLE_REDACT_VALUES = envlist("DURABLE_REDACT_VALUES", [])
 # A scrape within this many seconds of the last one is answered from memory.
 DURABLE_METRICS_CACHE_SECONDS = envfloat("DURABLE_METRICS_CACHE_SECONDS", 10.0)
 

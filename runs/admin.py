@@ -23,8 +23,9 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html
 
-from runs import dispatch
+from runs import dispatch, jsoninput
 from runs.forms import parse_json
+from runs.jsoninput import JSONInputError
 from runs.models import AuditEntry, InvalidOperation, Run, Signal, Status, WorkerProcess
 
 # Run fields an admin may edit to unstick a run; everything else is history.
@@ -49,7 +50,8 @@ def as_json(value: Any) -> Any:
 
 
 class StrictJSONField(forms.JSONField):
-    """The admin's JSON field, refusing NaN and Infinity as the database would."""
+    """The admin's JSON field: parsed by runs.jsoninput like every other door (no NaN, size
+    and depth limits), and a stored value it cannot format is shown raw instead of failing."""
 
     def to_python(self, value):
         passthrough = (list, dict, int, float, forms.fields.JSONString)
@@ -57,6 +59,28 @@ class StrictJSONField(forms.JSONField):
             return super().to_python(value)
         converted = parse_json(value)
         return forms.fields.JSONString(converted) if isinstance(converted, str) else converted
+
+    def bound_data(self, data, initial):
+        # Django's re-parses the submitted text with json.loads to show it again.
+        if self.disabled:
+            return initial
+        if data is None:
+            return None
+        try:
+            return jsoninput.parse(data)
+        except (JSONInputError, TypeError):
+            return forms.fields.InvalidJSONInput(data)
+
+    def prepare_value(self, value):
+        if isinstance(value, forms.fields.InvalidJSONInput):
+            return value
+        return jsoninput.render(value, cls=self.encoder)[0]
+
+    def has_changed(self, initial, data):
+        try:
+            return super().has_changed(initial, data)
+        except (RecursionError, ValueError, TypeError):
+            return True  # a value too deep to compare is not the one submitted
 
 
 class OperateActions:

@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from runs import liveness
 from runs.models import Run, WaitKind, ensure_json
+from runs.redaction import redact
 from runs.workflow import (
     NonDeterminismError,
     StepDefinition,
@@ -56,8 +57,8 @@ class _Stop(BaseException):
 def describe(exc: BaseException) -> dict[str, str]:
     return {
         "error_type": type(exc).__qualname__[:200],
-        "error_message": str(exc)[:MAX_MESSAGE],
-        "error_traceback": "".join(traceback.format_exception(exc))[-MAX_TRACEBACK:],
+        "error_message": redact(str(exc))[:MAX_MESSAGE],
+        "error_traceback": redact("".join(traceback.format_exception(exc)))[-MAX_TRACEBACK:],
     }
 
 

@@ -27,6 +27,7 @@ from typing import IO, Any
 
 from django.utils import timezone
 
+from runs import jsoninput
 from runs.workflow import StepFailed, UnknownWorkflow, registry, step_definition
 from steps.models import CheckpointStatus
 
@@ -76,7 +77,9 @@ def export_run(run) -> dict[str, Any]:
 
 
 def export_json(run) -> str:
-    return json.dumps(export_run(run), indent=2, ensure_ascii=False)
+    # Indented; compact when a value is nested too deeply to indent (a row older than
+    # the depth limit): still the same document.
+    return jsoninput.render(export_run(run), indent=2)[0]
 
 
 def attach_attempts(checkpoints: list, attempts: Iterable) -> list:

@@ -6,13 +6,14 @@ the Run model's operator methods, which raise InvalidOperation.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django import forms
 from django.core.exceptions import ValidationError
 from django.db.models import Q, QuerySet
 
+from runs import jsoninput
+from runs.jsoninput import JSONInputError
 from runs.models import ACTIVE_STATUSES, Run, Status
 
 # Runs an action on "all matching this filter" touches per request; the
@@ -20,16 +21,13 @@ from runs.models import ACTIVE_STATUSES, Run, Status
 BULK_LIMIT = 1000
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed in JSON")
-
-
 def parse_json(text: str) -> Any:
-    """Parse strict JSON (no NaN or Infinity, which databases refuse), or raise ValidationError."""
+    """Parse JSON as runs.jsoninput does (strict, within the size and depth limits), or
+    raise ValidationError with its message."""
     try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except ValueError as exc:
-        raise ValidationError(f"This is not valid JSON: {exc}.", code="invalid_json") from None
+        return jsoninput.parse(text)
+    except JSONInputError as exc:
+        raise ValidationError(str(exc), code="invalid_json") from None
 
 
 class JSONTextField(forms.CharField):
@@ -50,7 +48,7 @@ class JSONTextField(forms.CharField):
 
 
 def pretty(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+    return jsoninput.pretty(value)
 
 
 class ReasonForm(forms.Form):

@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from runs import dispatch
 from runs.flow import concurrency_limit, entry_status, lock, maintenance, skip_locked
+from runs.jsoninput import JSONInputError, max_depth, text_depth, too_deep_message
 from runs.workflow import MAX_NAME
 from steps.models import Attempt, Branch, BranchStatus, Checkpoint, CheckpointStatus
 
@@ -94,13 +95,22 @@ NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def ensure_json(value: Any, what: str) -> Any:
-    """Return value as it will read back from the database, or raise ValueError."""
+    """Return value as it will read back from the database, or raise ValueError
+    (JSONInputError) for what no JSON column should hold: see runs.jsoninput."""
     try:
-        text = json.dumps(value, allow_nan=False)
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except RecursionError:
+        raise JSONInputError(too_deep_message(what)) from None
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{what} is not JSON-serialisable: {exc}") from None
+    if text_depth(text) > max_depth():
+        raise JSONInputError(too_deep_message(what))
     if NUL_ESCAPE.search(text):
         raise ValueError(f"{what} contains a NUL character (\\u0000), which the database cannot store")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} contains a lone surrogate, which is not valid Unicode") from None
     return json.loads(text)
 
 

@@ -318,8 +318,14 @@ def test_it_lists_the_registered_workflows(viewer):
     assert rows["arithmetic"]["version"].startswith("src-")
 
 
-def test_it_publishes_an_openapi_schema_without_a_token():
-    response = APIClient().get("/api/schema/?format=json")
+def test_it_publishes_an_openapi_schema_to_readers_only(viewer):
+    anonymous = APIClient().get("/api/schema/?format=json")
+    assert anonymous.status_code == 401  # it lists this deployment's workflows
+    assert anonymous["WWW-Authenticate"] == "Token"
+    stranger = APIClient()
+    stranger.force_login(User.objects.create_user("stranger"))
+    assert stranger.get("/api/schema/?format=json").status_code == 403
+    response = viewer.get("/api/schema/?format=json")
     assert response.status_code == 200
     schema = json.loads(response.content)
     assert schema["openapi"].startswith("3.")

@@ -2,20 +2,25 @@
 rejected input changes any row.
 
 Covers the dashboard's POST endpoints, the JSON of run inputs, signals and checkpoint
-edits through the model operations, and the `runs` command's arguments. The JSON API
-is exercised the same way by schemathesis (tests/test_api_schema.py).
+edits through the model operations, and the `runs` command's arguments; then hostile
+JSON text (nested, huge, odd) at every door that takes it: the dashboard's and the
+admin's forms, the API and the command line; and stored JSON too deep to format. The
+JSON API is exercised by schemathesis too (tests/test_api_schema.py).
 """
 
 import io
+import json
 import math
 
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.test import Client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from runs import jsoninput
 from runs.models import AuditEntry, InvalidOperation, Run, Signal
 from runs.workflow import UnknownWorkflow
 from steps.models import Attempt, Branch, Checkpoint
@@ -220,3 +225,219 @@ def test_it_answers_any_cli_arguments_with_a_message_not_a_traceback(runs, args)
         call_command("runs", *args, stdout=out, stderr=err)
     except (CommandError, SystemExit):
         assert fingerprint() == before
+
+
+# --- hostile JSON text at every door --------------------------------------------------------
+# Nested past the depth limit (and past Python's recursion limit), over the size limit,
+# and odd: every form, the API and the command line answer with a message, never a 500,
+# and nothing deeper than the limit is ever stored.
+
+SMALL_LIMIT = 3000  # bytes: the size limit under test, so that examples stay quick
+
+
+def nest(depth: int, opener: str, closed: bool, leaf: str) -> str:
+    closer = {"[": "]", '{"k": ': "}", "[[": "]]"}[opener]
+    return opener * depth + leaf + (closer * depth if closed else "")
+
+
+hostile_json = st.one_of(
+    st.builds(
+        nest,
+        st.one_of(
+            st.sampled_from([63, 64, 65, 989, 990, 1000, 100_000]), st.integers(0, 70), st.integers(60, 3000)
+        ),
+        st.sampled_from(["[", '{"k": ', "[["]),
+        st.booleans(),
+        st.sampled_from(["1", '"x"', "", "NaN", "[", "null"]),
+    ),
+    st.builds(lambda n: '"' + "x" * n + '"', st.integers(SMALL_LIMIT - 4, SMALL_LIMIT + 4)),
+    st.builds(lambda n: "[" + ",".join(["[1]"] * n) + "]", st.integers(0, SMALL_LIMIT)),
+    st.sampled_from(
+        [
+            "1e999",
+            "-1e999",
+            '"\\ud800"',
+            '{"\\udfff": 1}',
+            '"\\u0000"',
+            "\ufeff{}",
+            '{"a": 1, "a": 2}',
+            "[" + "1," * 10 + "]",
+            '"' + "\\" * 50 + '"',
+            "💥" * 1000,
+            '{"approved": true}',
+        ]
+    ),
+    json_values.map(json.dumps),
+)
+
+
+def stored_json_is_within_limits() -> None:
+    """Every JSON value in the tables the doors write to is within the depth limit (an
+    audit entry's details hold such values one level down: the payload, before, after)."""
+    for value in [
+        *Run.objects.values_list("input", flat=True),
+        *Signal.objects.values_list("payload", flat=True),
+        *Checkpoint.objects.values_list("output", flat=True),
+        *(
+            item
+            for details in AuditEntry.objects.values_list("details", flat=True)
+            for item in details.values()
+        ),
+    ]:
+        jsoninput.check_value(value)
+
+
+@pytest.fixture
+def small_limit(settings):
+    settings.DURABLE_JSON_MAX_BYTES = SMALL_LIMIT
+
+
+@pytest.fixture
+def staff_operator():
+    user = User.objects.create_user("root2", password="x", is_staff=True, is_superuser=True)
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def reopen(run: Run) -> None:
+    """Back to a failed run whose first step can be edited, for the next example."""
+    Run.objects.filter(pk=run.pk).update(status="failed")
+
+
+@given(text=hostile_json, htmx=st.booleans())
+@EXAMPLES
+def test_the_dashboard_signal_form_takes_any_json_text_without_a_500(
+    runs, operator_client, small_limit, text, htmx
+):
+    before = fingerprint()
+    headers = {"HTTP_HX_REQUEST": "true"} if htmx else {}
+    response = operator_client.post(
+        f"/runs/{runs['waiting'].pk}/signal/",
+        {"name": "approve", "payload": text, "confirmed": "yes"},
+        **headers,
+    )
+    assert response.status_code < 500
+    if response.status_code >= 400:
+        assert fingerprint() == before
+    stored_json_is_within_limits()
+
+
+@given(text=hostile_json)
+@EXAMPLES
+def test_the_dashboard_edit_form_takes_any_json_text_without_a_500(runs, operator_client, small_limit, text):
+    before = fingerprint()
+    response = operator_client.post(
+        f"/runs/{runs['failed'].pk}/steps/0/edit/", {"output": text, "confirmed": "yes"}
+    )
+    assert response.status_code < 500
+    if response.status_code >= 400:
+        assert fingerprint() == before
+    stored_json_is_within_limits()
+    reopen(runs["failed"])
+
+
+@given(text=hostile_json)
+@EXAMPLES
+def test_the_admin_signal_form_takes_any_json_text_without_a_500(runs, staff_operator, small_limit, text):
+    before = fingerprint()
+    response = staff_operator.post(
+        "/admin/runs/signal/add/", {"run": runs["waiting"].pk, "name": "approve", "payload": text}
+    )
+    assert response.status_code < 500
+    if response.status_code != 302:
+        assert fingerprint() == before
+    stored_json_is_within_limits()
+
+
+@given(text=hostile_json)
+@EXAMPLES
+def test_the_admin_checkpoint_form_takes_any_json_text_without_a_500(runs, staff_operator, small_limit, text):
+    checkpoint = Checkpoint.objects.live().get(run=runs["failed"], position=0)
+    before = fingerprint()
+    response = staff_operator.post(f"/admin/steps/checkpoint/{checkpoint.pk}/change/", {"output": text})
+    assert response.status_code < 500
+    if response.status_code != 302:
+        assert fingerprint() == before
+    stored_json_is_within_limits()
+    reopen(runs["failed"])
+
+
+@given(
+    door=st.sampled_from(["start", "signal", "edit"]),
+    text=hostile_json,
+    whole_body=st.booleans(),
+)
+@EXAMPLES
+def test_the_api_takes_any_json_text_without_a_500(
+    runs, operator_client, small_limit, door, text, whole_body
+):
+    url, body = {
+        "start": ("/api/runs/", '{"workflow": "arithmetic", "input": %s}'),
+        "signal": (f"/api/runs/{runs['waiting'].pk}/signal/", '{"name": "approve", "payload": %s}'),
+        "edit": (f"/api/runs/{runs['failed'].pk}/edit/", '{"position": 0, "output": %s}'),
+    }[door]
+    before = fingerprint()
+    response = operator_client.post(url, text if whole_body else body % text, content_type="application/json")
+    assert response.status_code < 500
+    if response.status_code >= 400:
+        assert fingerprint() == before
+        assert response.json()  # a message, in JSON
+    stored_json_is_within_limits()
+    reopen(runs["failed"])
+
+
+@given(command=st.sampled_from(["start", "signal"]), text=hostile_json)
+@EXAMPLES
+def test_the_cli_takes_any_json_text_with_a_message_not_a_traceback(runs, small_limit, command, text):
+    args = {
+        "start": ["start", "arithmetic", "--input", text],
+        "signal": ["signal", str(runs["waiting"].pk), "approve", "--payload", text],
+    }[command]
+    before = fingerprint()
+    try:
+        call_command("runs", *args, stdout=io.StringIO(), stderr=io.StringIO())
+    except (CommandError, SystemExit, InvalidOperation):
+        assert fingerprint() == before
+    stored_json_is_within_limits()
+
+
+# --- stored JSON too deep to format ----------------------------------------------------------
+
+DEEP = "[" * 900 + "]" * 900  # as a 900-deep payload was once accepted, before the limit
+
+
+def store_raw(table: str, column: str, text: str, **where) -> None:
+    """Write JSON text straight into a column, past every check, as an old row would be."""
+    cast = "CAST(%s AS jsonb)" if connection.vendor == "postgresql" else "%s"
+    ((key, value),) = where.items()
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {table} SET {column} = {cast} WHERE {key} = %s", [text, value])
+
+
+def test_a_stored_value_too_deep_to_format_never_breaks_a_page(runs, operator_client):
+    run = runs["waiting"]
+    run.send_signal("other", {"fine": True}, by="test")
+    step = Checkpoint.objects.filter(run=run).first()
+    store_raw("runs_run", "input", DEEP, id=run.pk)
+    store_raw("runs_signal", "payload", DEEP, run_id=run.pk)
+    store_raw("steps_checkpoint", "output", DEEP, run_id=run.pk)
+
+    page = operator_client.get(f"/runs/{run.pk}/")
+    assert page.status_code == 200
+    assert "Shown as stored: nested too deeply to format." in page.content.decode()
+    for url in [
+        "/",
+        f"/runs/{run.pk}/live/",
+        f"/runs/{run.pk}/value/input/",
+        f"/runs/{run.pk}/steps/{step.position}/",
+        f"/api/runs/{run.pk}/",
+        f"/api/runs/{run.pk}/export/",
+        "/api/runs/",
+    ]:
+        assert operator_client.get(url).status_code == 200, url
+    export = operator_client.get(f"/api/runs/{run.pk}/export/").content.decode()
+    assert DEEP in export.replace(" ", "").replace("\n", "")
+    out = io.StringIO()
+    call_command("runs", "export", str(run.pk), stdout=out)
+    call_command("runs", "show", str(run.pk), stdout=out)

@@ -10,7 +10,6 @@ through `_escape`, because the template engine takes ~50 µs per line.
 from __future__ import annotations
 
 import html
-import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -19,6 +18,8 @@ from typing import Any, NamedTuple
 from django import template
 from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
+
+from runs import jsoninput
 
 register = template.Library()
 
@@ -129,6 +130,7 @@ class JSONBlock:
     truncated: bool
     collapsed: bool
     one_line: str = ""
+    raw: bool = False  # too deeply nested (or otherwise unfit) to format: shown as compact text
 
     @property
     def preview(self) -> str:
@@ -138,11 +140,15 @@ class JSONBlock:
 
 @register.simple_tag
 def json_block(value: Any, cap: int = JSON_CAP) -> JSONBlock:
-    """Pretty JSON for a <pre>, cut at `cap` characters; the template escapes it."""
-    text = json.dumps(value, indent=2, ensure_ascii=False)
+    """Pretty JSON for a <pre>, cut at `cap` characters; the template escapes it. A value
+    that cannot be formatted (a row nested deeper than the encoder goes) is shown raw."""
+    text, formatted = jsoninput.render(value, indent=2, cap=cap)
+    if not formatted:
+        cut = len(text) >= cap
+        return JSONBlock(text=text[:cap], size=len(text), truncated=cut, collapsed=True, raw=True)
     size = len(text)
     if size <= JSON_ONE_LINE * 3:
-        line = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+        line = jsoninput.compact(value, separators=(", ", ": "))
         if len(line) <= JSON_ONE_LINE:
             return JSONBlock(text=text, size=size, truncated=False, collapsed=False, one_line=line)
     truncated = size > cap
@@ -153,8 +159,8 @@ def json_block(value: Any, cap: int = JSON_CAP) -> JSONBlock:
 
 @register.filter
 def compact_json(value: Any, limit: int = 120) -> str:
-    """One line of JSON, cut to `limit` characters, for tables."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """One line of JSON, cut to `limit` characters, for tables (raw if it cannot be formatted)."""
+    text = jsoninput.compact(value, cap=limit + 1, separators=(",", ":"))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -81,13 +81,41 @@ def worker(monkeypatch) -> Iterator[Worker]:
     assert not running.errors, running.errors
 
 
+# Reports every Content-Security-Policy violation on the console, where Chromium also
+# writes its own "Refused to ..." messages. Added through the DevTools protocol, so the
+# policy it watches does not apply to it.
+REPORT_CSP_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (event) => {
+  console.error(`CSP violation: ${event.violatedDirective} blocked ${event.blockedURI || "inline"}`);
+});
+"""
+
+
+def watch_csp(tab) -> list[str]:
+    """Console messages of `tab` that report a Content-Security-Policy violation."""
+    violations: list[str] = []
+    tab.add_init_script(REPORT_CSP_VIOLATIONS)
+
+    def check(message):
+        text = message.text
+        if "Refused to" in text or "Content Security Policy" in text or "CSP violation" in text:
+            violations.append(f"{tab.url}: {text}")
+
+    tab.on("console", check)
+    return violations
+
+
 @pytest.fixture
 def page(browser, live_server):
     context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=live_server.url)
     context.set_default_timeout(15_000)
     tab = context.new_page()
+    violations = watch_csp(tab)
+    tab.csp_violations = violations
     yield tab
     context.close()
+    # Every browser test doubles as a check that the pages it saw keep to the policy.
+    assert not violations, violations
 
 
 def log_in(page, username: str) -> None:

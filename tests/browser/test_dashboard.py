@@ -229,3 +229,33 @@ def test_screenshots_at_phone_width(browser, live_server, worker):
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390
     screenshot(phone, "run-detail-phone", full_page=True)
     context.close()
+
+
+def test_the_main_pages_keep_to_the_content_security_policy(operator_page, worker):
+    page = operator_page
+    run = settle(worker, Run.objects.start("counter", {"steps": 3}), Status.SUCCEEDED)
+    failed = make_failed_run(steps=3, attempts_per_step=1)
+    checkpoint = run.checkpoints.first()
+
+    response = page.goto("/")
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "script-src 'self'" in policy
+    assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
+    expect(page.locator(f"#run-{run.pk} .bar svg rect")).to_have_attribute("width", "100")
+    screenshot(page, "run-list-progress")
+    page.wait_for_load_state("networkidle")  # the overview, loaded by htmx
+    expect(page.locator("#overview .stats")).to_be_visible()
+    # htmx's request indicator styles come from app.css, not an injected <style>.
+    assert page.evaluate("document.querySelectorAll('style').length") == 0
+    for path in (
+        f"/runs/{run.pk}/",
+        f"/runs/{failed.pk}/",
+        f"/runs/{run.pk}/checkpoints/{checkpoint.pk}/",
+        f"/runs/{run.pk}/value/input/",
+        "/admin/",
+    ):
+        page.goto(path)
+        page.wait_for_load_state("networkidle")
+    page.context.clear_cookies()
+    page.goto("/accounts/login/")
+    assert page.csp_violations == []

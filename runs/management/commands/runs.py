@@ -5,24 +5,24 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import sys
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from runs import retention
+from runs import jsoninput, retention
 from runs.durations import parse_duration
 from runs.export import OUTCOMES, ExportError, export_json, load_export, replay
+from runs.jsoninput import JSONInputError
 from runs.models import InvalidOperation, Run, Status
 from runs.workflow import UnknownWorkflow
 
 
 def json_argument(text: str):
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CommandError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}: {text!r}")
+        return jsoninput.parse(text)
+    except JSONInputError as exc:
+        raise CommandError(f"{exc} ({jsoninput.excerpt(text)})")
 
 
 def duration_argument(text: str):
@@ -153,9 +153,9 @@ class Command(BaseCommand):
     def do_show(self, run_id: int, **_) -> None:
         run = self.get_run(run_id)
         self.stdout.write(f"run {run.pk}  {run.workflow}  {run.get_status_display()}")
-        self.stdout.write(f"  input:      {json.dumps(run.input)}")
+        self.stdout.write(f"  input:      {jsoninput.compact(run.input)}")
         if run.output is not None:
-            self.stdout.write(f"  output:     {json.dumps(run.output)}")
+            self.stdout.write(f"  output:     {jsoninput.compact(run.output)}")
         if run.error_type:
             self.stdout.write(f"  error:      {run.error_type}: {run.error_message}")
         if run.wait_kind:
@@ -167,7 +167,7 @@ class Command(BaseCommand):
         for checkpoint in run.checkpoints.order_by("position", "id"):
             mark = " (superseded)" if checkpoint.superseded_at else ""
             result = (
-                json.dumps(checkpoint.output)
+                jsoninput.compact(checkpoint.output, cap=200)
                 if checkpoint.status == "succeeded"
                 else f"{checkpoint.error_type}: {checkpoint.error_message}"
             )
