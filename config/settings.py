@@ -466,11 +466,12 @@ DURABLE_METRICS_ALLOWED_IPS = envnetworks("DURABLE_METRICS_ALLOWED_IPS")
 DURABLE_METRICS_CACHE_SECONDS = envfloat("DURABLE_METRICS_CACHE_SECONDS", 10.0)
 
 # Scheduled pruning: with DURABLE_PRUNE_OLDER_THAN set (e.g. 30d), beat deletes finished
-# runs older than that every DURABLE_PRUNE_INTERVAL, DURABLE_PRUNE_BATCH_SIZE runs per
-# transaction. Unset: nothing is ever deleted automatically.
+# runs of DURABLE_PRUNE_STATUSES older than that every DURABLE_PRUNE_INTERVAL,
+# DURABLE_PRUNE_BATCH_SIZE runs per transaction. Unset: nothing is ever deleted
+# automatically. Failed and dead runs wait for an operator: they go only when listed.
 DURABLE_PRUNE_OLDER_THAN = envduration("DURABLE_PRUNE_OLDER_THAN", None)
 DURABLE_PRUNE_INTERVAL = envduration("DURABLE_PRUNE_INTERVAL", timedelta(hours=1))
-DURABLE_PRUNE_STATUSES = envlist("DURABLE_PRUNE_STATUSES", ["succeeded", "failed", "dead", "cancelled"])
+DURABLE_PRUNE_STATUSES = envlist("DURABLE_PRUNE_STATUSES", ["succeeded", "cancelled"])
 if set(DURABLE_PRUNE_STATUSES) - {"succeeded", "failed", "dead", "cancelled"}:
     raise ImproperlyConfigured(
         "DURABLE_PRUNE_STATUSES: only finished statuses (succeeded, failed, dead, cancelled) can be pruned"
