@@ -486,3 +486,21 @@ if DURABLE_PRUNE_OLDER_THAN is not None:
         # A prune that could not start before the next one is due is dropped.
         "options": {"expires": DURABLE_PRUNE_INTERVAL.total_seconds()},
     }
+
+# Billing retention: provider calls (agents.ProviderCall, what the providers bill) outlive
+# their runs. With DURABLE_BILLING_RETENTION set (e.g. 400d), beat deletes calls older than
+# that every DURABLE_PRUNE_INTERVAL. Unset: they are kept for ever.
+DURABLE_BILLING_RETENTION = envduration("DURABLE_BILLING_RETENTION", None)
+if DURABLE_BILLING_RETENTION is not None:
+    if DURABLE_PRUNE_OLDER_THAN is not None and DURABLE_BILLING_RETENTION < DURABLE_PRUNE_OLDER_THAN:
+        raise ImproperlyConfigured(
+            "DURABLE_BILLING_RETENTION must be at least DURABLE_PRUNE_OLDER_THAN: "
+            "runs still shown would lose their cost"
+        )
+    if not DURABLE_PRUNE_INTERVAL:
+        raise ImproperlyConfigured("DURABLE_PRUNE_INTERVAL must be longer than zero")
+    CELERY_BEAT_SCHEDULE["durable-prune-billing"] = {
+        "task": "agents.prune_billing",
+        "schedule": DURABLE_PRUNE_INTERVAL,
+        "options": {"expires": DURABLE_PRUNE_INTERVAL.total_seconds()},
+    }

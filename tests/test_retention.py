@@ -272,12 +272,14 @@ def test_workers_register_the_prune_task():
     assert "runs.prune" in app.tasks
 
 
-def settings_in_subprocess(**env) -> subprocess.CompletedProcess:
-    code = (
-        "import django; django.setup(); from django.conf import settings; "
-        "entry = settings.CELERY_BEAT_SCHEDULE.get('durable-prune'); "
-        "print(entry and (entry['task'], entry['schedule'].total_seconds()))"
-    )
+BEAT_PRUNE_ENTRY = (
+    "import django; django.setup(); from django.conf import settings; "
+    "entry = settings.CELERY_BEAT_SCHEDULE.get('durable-prune'); "
+    "print(entry and (entry['task'], entry['schedule'].total_seconds()))"
+)
+
+
+def settings_in_subprocess(code: str = BEAT_PRUNE_ENTRY, **env) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
