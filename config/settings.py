@@ -464,6 +464,10 @@ DURABLE_METRICS_TOKEN = os.environ.get("DURABLE_METRICS_TOKEN", "")
 DURABLE_METRICS_ALLOWED_IPS = envnetworks("DURABLE_METRICS_ALLOWED_IPS")
 # A scrape within this many seconds of the last one is answered from memory.
 DURABLE_METRICS_CACHE_SECONDS = envfloat("DURABLE_METRICS_CACHE_SECONDS", 10.0)
+# Counters add up rows newer than their stored totals on each scrape; rows this old are
+# added to the totals (api/tallies.py). Keep it above the longest a transaction that
+# writes steps stays open (DURABLE_DB_IDLE_IN_TRANSACTION_TIMEOUT ends idle ones).
+DURABLE_METRICS_SETTLE_SECONDS = envfloat("DURABLE_METRICS_SETTLE_SECONDS", 60.0, minimum=0)
 
 # Scheduled pruning: with DURABLE_PRUNE_OLDER_THAN set (e.g. 30d), beat deletes finished
 # runs of DURABLE_PRUNE_STATUSES older than that every DURABLE_PRUNE_INTERVAL,
