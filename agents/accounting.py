@@ -2,7 +2,8 @@
 
 Totals come from ProviderCall, one row per request a provider received, failed
 attempts included (a malformed reply was still billed), so they are what the
-providers will charge. Per-step figures come from the step's checkpoint meta,
+providers will charge. Calls outlive their runs and carry their workflow, so
+reports per workflow never join runs. Per-step figures come from the step's checkpoint meta,
 written by agents.llm when the call succeeded.
 
     accounting.totals_for_runs([run.pk for run in page])   # one query
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
-from django.db.models import Count, F, Q, Sum
+from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from agents.models import ProviderCall
@@ -118,11 +119,16 @@ def attach_totals(runs: Sequence[Any], attribute: str = "llm_usage") -> Sequence
 
 
 def cost_by_workflow(hours: float = 24, now: datetime | None = None) -> list[WorkflowCost]:
-    """Model usage per workflow over the last `hours`, most expensive first, in one query."""
+    """Model usage per workflow over the last `hours`, most expensive first, in one query.
+
+    Grouped by the workflow stored on each call, so the calls of pruned runs still
+    count (`runs` counts the runs that are still there).
+    """
     since = (now or timezone.now()) - timedelta(hours=hours)
     rows = (
-        ProviderCall.objects.filter(created_at__gte=since, run__isnull=False)
-        .values(workflow=F("run__workflow"))
+        ProviderCall.objects.filter(created_at__gte=since)
+        .exclude(workflow="")
+        .values("workflow")
         .annotate(runs=Count("run_id", distinct=True), **_usage_aggregates())
         .order_by("-cost_usd", "workflow")
     )

@@ -25,8 +25,19 @@ class PaymentRequestAdmin(admin.ModelAdmin):
 
 @admin.register(ProviderCall)
 class ProviderCallAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "run", "position", "attempt", "provider", "model", "outcome", "cost_usd"]
+    list_display = [
+        "created_at",
+        "workflow",
+        "run",
+        "position",
+        "attempt",
+        "provider",
+        "model",
+        "outcome",
+        "cost_usd",
+    ]
     list_filter = ["provider", "model", "outcome"]
+    search_fields = ["workflow"]
     raw_id_fields = ["run"]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
+from runs.models import Run
 from runs.redaction import redact
 
 
@@ -20,11 +21,17 @@ class ProviderCall(models.Model):
     Written by the process that made the call, outside the step's checkpoint, so a
     call whose step never got checkpointed (a crash) is still counted: this table
     is what the provider will bill, the checkpoint is what the run remembers.
+
+    Billing outlives runs: pruning a run clears `run` and keeps the row, which
+    carries what reports need without the run (its workflow, provider, model,
+    tokens, cost, time). Calls are pruned on their own schedule (agents.retention).
     """
 
     run = models.ForeignKey(
-        "runs.Run", null=True, blank=True, on_delete=models.CASCADE, related_name="provider_calls"
+        "runs.Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="provider_calls"
     )
+    # The run's workflow, copied when the call is recorded; "" for a call outside a run.
+    workflow = models.CharField(max_length=200, blank=True, default="")
     position = models.PositiveIntegerField(null=True, blank=True)
     attempt = models.PositiveSmallIntegerField(default=1)
     idempotency_key = models.CharField(max_length=100, blank=True)
@@ -42,19 +49,28 @@ class ProviderCall(models.Model):
     class Meta:
         ordering = ["id"]
         indexes = [
-            # Run list and run page: token and cost totals for a page of run ids.
+            # Run list and run page: token and cost totals for a page of run ids; the
+            # prune's "clear the link of these runs' calls".
             models.Index(fields=["run", "position"], name="providercall_run"),
-            # Overview: cost per workflow over the last 24 hours.
+            # Overview: cost per workflow over the last 24 hours; billing retention.
             models.Index(fields=["created_at"], name="providercall_created"),
         ]
 
     def __str__(self) -> str:
         return f"{self.provider}/{self.model} for run {self.run_id} step {self.position}: {self.outcome}"
 
-    def save(self, *args, **kwargs):
+    def save(self, *args, **kwargs) -> None:
         # What a provider answered is stored without the secrets it may echo (runs.redaction).
         self.model, self.outcome = redact(self.model), redact(self.outcome)
+        if self.run_id is not None and not self.workflow:
+            self.workflow = self.workflow_of_run()
         super().save(*args, **kwargs)
+
+    def workflow_of_run(self) -> str:
+        if ProviderCall.run.is_cached(self):
+            return self.run.workflow
+        # One primary-key lookup, for a call that took the provider seconds.
+        return Run.objects.filter(pk=self.run_id).values_list("workflow", flat=True).first() or ""
 
 
 class OrderStatus(models.TextChoices):

@@ -1,9 +1,9 @@
 """/metrics in the Prometheus text format, read from the database on scrape.
 
-A few aggregate queries answer a scrape (one pass over checkpoints, one over
-attempts, small ones over runs, audit entries and worker processes); no row is
-looked at in Python. Totals are counts of rows, so pruning old runs lowers them:
-Prometheus treats that as a counter reset. A scrape within
+Counters come from running totals (api/tallies.py): each scrape adds up only the
+rows written since the totals were last brought up to date, so its cost does not
+grow with the tables, and pruning old runs never lowers a counter. Gauges (runs by
+status, live workers) are counts of what is stored now. A scrape within
 DURABLE_METRICS_CACHE_SECONDS of the previous one is answered from memory.
 """
 
@@ -17,8 +17,7 @@ from collections import defaultdict
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import NotSupportedError
-from django.db.models import Count, DurationField, ExpressionWrapper, F, FloatField, Func, Q, Sum
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
@@ -26,13 +25,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from runs.models import AuditEntry, Run, Status, WorkerProcess
-from steps.models import Attempt, Checkpoint, CheckpointStatus
-
-# Step durations, in seconds: tool calls take milliseconds, model calls seconds to minutes.
-BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800)
-TOKEN_KEYS = ("input_tokens", "output_tokens", "cost_usd")
-
+from api import tallies
+from api.tallies import BUCKETS, TOKEN_KEYS
+from runs.models import Run, Status, WorkerProcess
+from steps.models import CheckpointStatus
 
 # --- access ----------------------------------------------------------------------------
 
@@ -90,59 +86,15 @@ def cached_exposition() -> bytes:
         return body
 
 
-# --- queries ---------------------------------------------------------------------------
-
-
-class JSONNumber(Func):
-    """The number under `key` of a JSON column; NULL when the key is missing or not a number."""
-
-    output_field = FloatField()
-
-    def __init__(self, column: str, key: str):
-        super().__init__(F(column))
-        self.key = key
-
-    def as_sqlite(self, compiler, connection, **extra):
-        column, params = compiler.compile(self.source_expressions[0])
-        path = f'$."{self.key}"'
-        sql = f"CASE WHEN json_type({column}, %s) IN ('integer', 'real') THEN json_extract({column}, %s) END"
-        return sql, (*params, path, *params, path)
-
-    def as_postgresql(self, compiler, connection, **extra):
-        column, params = compiler.compile(self.source_expressions[0])
-        sql = (
-            f"CASE WHEN jsonb_typeof({column} -> %s) = 'number' THEN ({column} ->> %s)::double precision END"
-        )
-        return sql, (*params, self.key, *params, self.key)
-
-    def as_sql(self, compiler, connection, **extra):
-        raise NotSupportedError("JSONNumber supports SQLite and PostgreSQL")
-
-
-def step_rows():
-    """Checkpoints by workflow, step and status: counts, duration buckets, token sums."""
-    duration = ExpressionWrapper(F("finished_at") - F("started_at"), output_field=DurationField())
-    buckets = {
-        f"le_{index}": Count("pk", filter=Q(duration__lte=timedelta(seconds=bound)))
-        for index, bound in enumerate(BUCKETS)
-    }
-    tokens = {key: Sum(JSONNumber("meta", key)) for key in TOKEN_KEYS}
-    return (
-        Checkpoint.objects.order_by()
-        .alias(duration=duration)
-        .values("run__workflow", "name", "status")
-        .annotate(n=Count("pk"), seconds=Sum("duration"), **buckets, **tokens)
-    )
-
-
 class DatabaseCollector:
     """Reads the current numbers from the database; one instance per scrape."""
 
     def collect(self):
+        counts = tallies.current()
         yield from self.runs()
-        yield from self.steps()
-        yield from self.failed_attempts()
-        yield from self.recoveries()
+        yield from self.steps(counts["checkpoints"])
+        yield from self.failed_attempts(counts["attempts"])
+        yield from self.recoveries(counts["recoveries"])
         yield from self.workers()
 
     def runs(self):
@@ -159,7 +111,7 @@ class DatabaseCollector:
             "durable_dead_letter_runs", "Runs dead-lettered and waiting for an operator.", value=dead
         )
 
-    def steps(self):
+    def steps(self, counts: tallies.Counts):
         labels = ["workflow", "step"]
         completed = CounterMetricFamily(
             "durable_steps_completed",
@@ -181,34 +133,32 @@ class DatabaseCollector:
         }
         usage = {key: CounterMetricFamily(name, text, labels=labels) for key, (name, text) in names.items()}
         totals: dict[str, dict] = defaultdict(lambda: defaultdict(float))
-        for row in step_rows():
-            key = (row["run__workflow"], row["name"])
+        for (workflow, step, status), sums in sorted(counts.items()):
+            key = (workflow, step)
             for token_key in TOKEN_KEYS:
-                totals[token_key][key] += row[token_key] or 0
-            if row["status"] == CheckpointStatus.FAILED:
-                failed.add_metric(list(key), row["n"])
+                totals[token_key][key] += sums.get(token_key, 0)
+            if status == CheckpointStatus.FAILED:
+                failed.add_metric(list(key), sums["n"])
                 continue
-            completed.add_metric(list(key), row["n"])
-            cumulative = [(floatToGoString(bound), row[f"le_{i}"]) for i, bound in enumerate(BUCKETS)]
-            seconds = row["seconds"].total_seconds() if row["seconds"] is not None else 0.0
-            durations.add_metric(list(key), [*cumulative, ("+Inf", row["n"])], seconds)
+            completed.add_metric(list(key), sums["n"])
+            cumulative = [(floatToGoString(bound), sums[f"le_{i}"]) for i, bound in enumerate(BUCKETS)]
+            durations.add_metric(list(key), [*cumulative, ("+Inf", sums["n"])], sums.get("seconds", 0.0))
         for token_key, family in usage.items():
             for key, value in totals[token_key].items():
                 family.add_metric(list(key), value)
         yield from (completed, failed, durations, *usage.values())
 
-    def failed_attempts(self):
+    def failed_attempts(self, counts: tallies.Counts):
         family = CounterMetricFamily(
             "durable_step_attempts_failed",
             "Failed attempts of steps (each retry counts).",
             labels=["workflow", "step"],
         )
-        rows = Attempt.objects.order_by().values_list("run__workflow", "name").annotate(n=Count("pk"))
-        for workflow, name, n in rows:
-            family.add_metric([workflow, name], n)
+        for (workflow, name), sums in sorted(counts.items()):
+            family.add_metric([workflow, name], sums["n"])
         yield family
 
-    def recoveries(self):
+    def recoveries(self, counts: tallies.Counts):
         family = CounterMetricFamily(
             "durable_recoveries",
             "Runs recovered after their worker was lost, by what became of them (pending: dispatched "
@@ -216,15 +166,9 @@ class DatabaseCollector:
             labels=["outcome"],
         )
         dead_letters = 0
-        rows = (
-            AuditEntry.objects.filter(action="recover")
-            .order_by()
-            .values_list("details__outcome")
-            .annotate(n=Count("pk"))
-        )
-        for outcome, n in rows:
-            family.add_metric([str(outcome or "")], n)
-            dead_letters += n if outcome == Status.DEAD else 0
+        for (outcome,), sums in sorted(counts.items(), key=lambda item: str(item[0])):
+            family.add_metric([str(outcome or "")], sums["n"])
+            dead_letters += sums["n"] if outcome == Status.DEAD else 0
         yield family
         yield CounterMetricFamily(
             "durable_dead_letters",

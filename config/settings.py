@@ -588,13 +588,18 @@ DURABLE_METRICS_ALLOWED_IPS = envnetworks("DURABLE_METRICS_ALLOWED_IPS")
 DURABLE_REDACT_VALUES = envlist("DURABLE_REDACT_VALUES", [])
 # A scrape within this many seconds of the last one is answered from memory.
 DURABLE_METRICS_CACHE_SECONDS = envfloat("DURABLE_METRICS_CACHE_SECONDS", 10.0)
+# Counters add up rows newer than their stored totals on each scrape; rows this old are
+# added to the totals (api/tallies.py). Keep it above the longest a transaction that
+# writes steps stays open (DURABLE_DB_IDLE_IN_TRANSACTION_TIMEOUT ends idle ones).
+DURABLE_METRICS_SETTLE_SECONDS = envfloat("DURABLE_METRICS_SETTLE_SECONDS", 60.0, minimum=0)
 
 # Scheduled pruning: with DURABLE_PRUNE_OLDER_THAN set (e.g. 30d), beat deletes finished
-# runs older than that every DURABLE_PRUNE_INTERVAL, DURABLE_PRUNE_BATCH_SIZE runs per
-# transaction. Unset: nothing is ever deleted automatically.
+# runs of DURABLE_PRUNE_STATUSES older than that every DURABLE_PRUNE_INTERVAL,
+# DURABLE_PRUNE_BATCH_SIZE runs per transaction. Unset: nothing is ever deleted
+# automatically. Failed and dead runs wait for an operator: they go only when listed.
 DURABLE_PRUNE_OLDER_THAN = envduration("DURABLE_PRUNE_OLDER_THAN", None)
 DURABLE_PRUNE_INTERVAL = envduration("DURABLE_PRUNE_INTERVAL", timedelta(hours=1))
-DURABLE_PRUNE_STATUSES = envlist("DURABLE_PRUNE_STATUSES", ["succeeded", "failed", "dead", "cancelled"])
+DURABLE_PRUNE_STATUSES = envlist("DURABLE_PRUNE_STATUSES", ["succeeded", "cancelled"])
 if set(DURABLE_PRUNE_STATUSES) - {"succeeded", "failed", "dead", "cancelled"}:
     raise ImproperlyConfigured(
         "DURABLE_PRUNE_STATUSES: only finished statuses (succeeded, failed, dead, cancelled) can be pruned"
@@ -607,5 +612,23 @@ if DURABLE_PRUNE_OLDER_THAN is not None:
         "task": "runs.prune",
         "schedule": DURABLE_PRUNE_INTERVAL,
         # A prune that could not start before the next one is due is dropped.
+        "options": {"expires": DURABLE_PRUNE_INTERVAL.total_seconds()},
+    }
+
+# Billing retention: provider calls (agents.ProviderCall, what the providers bill) outlive
+# their runs. With DURABLE_BILLING_RETENTION set (e.g. 400d), beat deletes calls older than
+# that every DURABLE_PRUNE_INTERVAL. Unset: they are kept for ever.
+DURABLE_BILLING_RETENTION = envduration("DURABLE_BILLING_RETENTION", None)
+if DURABLE_BILLING_RETENTION is not None:
+    if DURABLE_PRUNE_OLDER_THAN is not None and DURABLE_BILLING_RETENTION < DURABLE_PRUNE_OLDER_THAN:
+        raise ImproperlyConfigured(
+            "DURABLE_BILLING_RETENTION must be at least DURABLE_PRUNE_OLDER_THAN: "
+            "runs still shown would lose their cost"
+        )
+    if not DURABLE_PRUNE_INTERVAL:
+        raise ImproperlyConfigured("DURABLE_PRUNE_INTERVAL must be longer than zero")
+    CELERY_BEAT_SCHEDULE["durable-prune-billing"] = {
+        "task": "agents.prune_billing",
+        "schedule": DURABLE_PRUNE_INTERVAL,
         "options": {"expires": DURABLE_PRUNE_INTERVAL.total_seconds()},
     }

@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 @shared_task(name="runs.prune", ignore_result=True)
 def prune() -> str:
-    """Delete finished runs older than DURABLE_PRUNE_OLDER_THAN; off when it is unset."""
+    """Delete finished runs of DURABLE_PRUNE_STATUSES (succeeded and cancelled unless set)
+    older than DURABLE_PRUNE_OLDER_THAN; off when it is unset."""
     older_than = settings.DURABLE_PRUNE_OLDER_THAN
     if older_than is None:
         return "pruning is off (DURABLE_PRUNE_OLDER_THAN is not set)"

@@ -1,19 +1,23 @@
 """Retention: delete finished runs older than a cutoff, in short batches.
 
-Only finished runs (succeeded, failed, dead-lettered, cancelled) are ever
-candidates, and a run whose parent is still active is kept (the parent may still
-need its outcome). Each batch is one short transaction that
+Only finished runs are ever candidates, and by default only those that need
+nobody: succeeded and cancelled. Failed and dead-lettered runs wait for an
+operator, so they go only when named (`--status failed`). A run whose parent is
+still active is kept (the parent may still need its outcome). Each batch is one
+short transaction that
 
 1. locks up to `batch_size` candidate run rows, skipping rows another
    transaction holds (PostgreSQL `FOR UPDATE SKIP LOCKED`; SQLite serialises
    writers anyway), and re-checks in the same statement that they are finished
    and old, so a run an operator just retried is not taken;
-2. deletes every row that cascades from those runs (checkpoints, attempts,
-   signals, and whatever other app's rows point at a run with CASCADE), clears
-   SET_NULL links (audit entries are kept, child runs are unlinked), and
+2. sends `pruning` (other apps settle what they count before it goes), deletes
+   every row that cascades from those runs (checkpoints, attempts, signals, and
+   whatever other app's rows point at a run with CASCADE), clears SET_NULL links
+   (audit entries and provider calls are kept, child runs are unlinked), and
 3. deletes the runs.
 
-Batches are independent: an interrupted prune leaves whole runs or none.
+Batches are independent: an interrupted prune leaves whole runs or none. A dry
+run reads the same selection (`prunable`) and lists what would go.
 """
 
 from __future__ import annotations
@@ -25,15 +29,32 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db import models, transaction
-from django.db.models import Q
+from django.db.models import Count, Q
+from django.dispatch import Signal
 from django.utils import timezone
 
-from runs.models import ACTIVE_STATUSES, FINAL_STATUSES, AuditEntry, Run
+from runs.models import ACTIVE_STATUSES, FINAL_STATUSES, AuditEntry, Run, Status
 
 log = logging.getLogger(__name__)
 
 PRUNABLE_STATUSES = tuple(sorted(FINAL_STATUSES))
+# What a prune takes unless told otherwise: runs nobody needs to look at again.
+DEFAULT_STATUSES = (Status.CANCELLED.value, Status.SUCCEEDED.value)
 DEFAULT_BATCH_SIZE = 500
+# How many of the runs a prune takes its report names.
+DEFAULT_SHOWN = 20
+
+# Sent inside each batch's transaction, before anything is deleted, with the ids of
+# the runs about to go: receivers settle what they derive from those rows.
+pruning = Signal()
+
+
+@dataclass(frozen=True)
+class PrunedRun:
+    id: int
+    workflow: str
+    status: str
+    finished_at: datetime | None
 
 
 @dataclass
@@ -42,22 +63,50 @@ class PruneReport:
     statuses: list[str]
     dry_run: bool
     runs: int = 0
+    by_status: Counter = field(default_factory=Counter)
+    # The first runs taken, by id (at most `shown` of them).
+    first: list[PrunedRun] = field(default_factory=list)
+    shown: int = DEFAULT_SHOWN
     # Rows deleted with the runs, by table ("checkpoints": 120, ...).
     rows: Counter = field(default_factory=Counter)
+    # Rows kept with their link to the run cleared ("provider calls": 12, ...).
+    unlinked: Counter = field(default_factory=Counter)
     batches: int = 0
 
     def __str__(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
         related = ", ".join(f"{n} {name}" for name, n in sorted(self.rows.items()) if n) or "nothing else"
+        kept = ", ".join(f"{n} {name}" for name, n in sorted(self.unlinked.items()) if n)
         runs = f"{self.runs} run" + ("" if self.runs == 1 else "s")
         return (
             f"{verb} {runs} ({', '.join(self.statuses)}) finished before "
             f"{self.cutoff:%Y-%m-%d %H:%M:%S %Z} and {related}"
+            + (f"; kept, unlinked: {kept}" if kept else "")
             + ("" if self.dry_run else f", in {self.batches} batches")
         )
 
+    def listing(self) -> str:
+        """Runs per status, then the first runs taken, one a line."""
+        lines = [f"{status}: {n}" for status, n in sorted(self.by_status.items())]
+        if self.first:
+            more = f" (the first {len(self.first)})" if self.runs > len(self.first) else ""
+            lines.append(f"runs{more}:")
+            lines += [
+                f"  {run.id}  {run.workflow}  {run.status}  {run.finished_at:%Y-%m-%d %H:%M}"
+                if run.finished_at
+                else f"  {run.id}  {run.workflow}  {run.status}"
+                for run in self.first
+            ]
+        return "\n".join(lines)
 
-def prunable(cutoff: datetime, statuses: Iterable[str] = PRUNABLE_STATUSES):
+    def take(self, rows: list[tuple]) -> None:
+        """Count a batch of (id, workflow, status, finished_at) rows."""
+        self.runs += len(rows)
+        self.by_status.update(status for _, _, status, _ in rows)
+        self.first += [PrunedRun(*row) for row in rows[: max(self.shown - len(self.first), 0)]]
+
+
+def prunable(cutoff: datetime, statuses: Iterable[str] = DEFAULT_STATUSES):
     """Finished runs of `statuses` that finished before `cutoff`, unless a parent still waits."""
     statuses = list(statuses)
     unknown = set(statuses) - set(PRUNABLE_STATUSES)
@@ -76,12 +125,16 @@ def prunable(cutoff: datetime, statuses: Iterable[str] = PRUNABLE_STATUSES):
     )
 
 
+REPORTED_FIELDS = ("pk", "workflow", "status", "finished_at")
+
+
 def prune(
     older_than: timedelta,
     *,
-    statuses: Iterable[str] = PRUNABLE_STATUSES,
+    statuses: Iterable[str] = DEFAULT_STATUSES,
     batch_size: int = DEFAULT_BATCH_SIZE,
     dry_run: bool = False,
+    shown: int = DEFAULT_SHOWN,
     by=None,
 ) -> PruneReport:
     """Delete finished runs older than `older_than` with everything recorded about them."""
@@ -89,26 +142,24 @@ def prune(
         raise ValueError("the batch size must be at least 1")
     statuses = sorted(set(statuses))
     cutoff = timezone.now() - older_than
-    report = PruneReport(cutoff=cutoff, statuses=statuses, dry_run=dry_run)
+    report = PruneReport(cutoff=cutoff, statuses=statuses, dry_run=dry_run, shown=max(shown, 0))
     candidates = prunable(cutoff, statuses)
     if dry_run:
-        report.runs = candidates.count()
-        for model, column in cascading_relations():
-            rows = model._base_manager.filter(**{f"{column}__in": candidates.values("pk")})
-            report.rows[label(model)] = rows.count()
-        return report
+        return survey(candidates, report)
     while True:
         with transaction.atomic():
-            ids = list(
-                candidates.select_for_update(skip_locked=True, of=("self",)).values_list("pk", flat=True)[
+            rows = list(
+                candidates.select_for_update(skip_locked=True, of=("self",)).values_list(*REPORTED_FIELDS)[
                     :batch_size
                 ]
             )
-            if ids:
-                report.rows.update(delete_runs(ids))
-        report.runs += len(ids)
-        report.batches += 1 if ids else 0
-        if len(ids) < batch_size:
+            if rows:
+                deleted, unlinked = delete_runs([row[0] for row in rows])
+                report.rows.update(deleted)
+                report.unlinked.update(unlinked)
+        report.take(rows)
+        report.batches += 1 if rows else 0
+        if len(rows) < batch_size:
             break
     if report.runs:
         AuditEntry.record(
@@ -119,6 +170,7 @@ def prune(
                 "older_than_seconds": older_than.total_seconds(),
                 "statuses": statuses,
                 "runs": report.runs,
+                "by_status": dict(report.by_status),
                 **report.rows,
             },
         )
@@ -126,18 +178,36 @@ def prune(
     return report
 
 
-def delete_runs(ids: list[int]) -> Counter:
-    """Delete these runs and what cascades from them; return row counts by table."""
-    counts: Counter = Counter()
+def survey(candidates: models.QuerySet, report: PruneReport) -> PruneReport:
+    """Fill a dry run's report from the selection a prune would take; delete nothing."""
+    counts = candidates.order_by().values_list("status").annotate(n=Count("pk"))
+    report.by_status.update(dict(counts))
+    report.runs = sum(report.by_status.values())
+    report.first = [PrunedRun(*row) for row in candidates.values_list(*REPORTED_FIELDS)[: report.shown]]
+    ids = candidates.values("pk")
+    for model, column in cascading_relations():
+        report.rows[label(model)] = model._base_manager.filter(**{f"{column}__in": ids}).count()
     for model, column in nulled_relations():
-        model._base_manager.filter(**{f"{column}__in": ids}).update(**{column: None})
+        report.unlinked[label(model)] = model._base_manager.filter(**{f"{column}__in": ids}).count()
+    return report
+
+
+def delete_runs(ids: list[int]) -> tuple[Counter, Counter]:
+    """Delete these runs and what cascades from them; return row counts by table
+    (deleted, and kept with their link cleared)."""
+    pruning.send(sender=Run, run_ids=ids)
+    deleted: Counter = Counter()
+    unlinked: Counter = Counter()
+    for model, column in nulled_relations():
+        rows = model._base_manager.filter(**{f"{column}__in": ids})
+        unlinked[label(model)] += rows.update(**{column: None})
     for model, column in cascading_relations():
         rows = model._base_manager.filter(**{f"{column}__in": ids})
-        counts[label(model)] += fast_delete(rows)
+        deleted[label(model)] += fast_delete(rows)
     # Every link to these runs is gone now: one plain DELETE, no collector.
     runs = Run.objects.filter(pk__in=ids)
     runs._raw_delete(runs.db)
-    return counts
+    return deleted, unlinked
 
 
 def fast_delete(rows: models.QuerySet) -> int:

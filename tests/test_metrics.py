@@ -3,18 +3,24 @@
 from datetime import timedelta
 
 import pytest
+import time_machine
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from api import metrics
+from api import metrics, tallies
+from api.models import Tally
 from runs.models import AuditEntry, Run, Status, WorkerProcess
-from steps.models import Checkpoint, CheckpointStatus
+from runs.retention import PRUNABLE_STATUSES, prune
+from steps.models import Attempt, Checkpoint, CheckpointStatus
 from tests import workflows
 from tests.test_engine import exhaust_retries
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 OLD = timedelta(hours=1)
+SETTLE = 60
 
 
 @pytest.fixture(autouse=True)
@@ -25,6 +31,7 @@ def _fresh(settings):
     settings.DURABLE_METRICS_TOKEN = "s3cret"
     settings.DURABLE_METRICS_ALLOWED_IPS = []
     settings.DURABLE_METRICS_CACHE_SECONDS = 0
+    settings.DURABLE_METRICS_SETTLE_SECONDS = SETTLE
     metrics._cache.update(at=0.0, body=b"")
 
 
@@ -171,16 +178,118 @@ def test_it_adds_up_llm_tokens_and_cost_and_ignores_missing_or_odd_values(client
     )
 
 
-def test_it_costs_the_same_few_queries_however_many_rows(client, doorbells, django_assert_max_num_queries):
+def scrape_queries(client) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        scrape(client)
+    return len(queries)
+
+
+def later(seconds: float):
+    return time_machine.travel(timezone.now() + timedelta(seconds=seconds), tick=False)
+
+
+def test_a_scrape_costs_the_same_few_queries_however_many_rows(client, doorbells):
     Run.objects.start("counter", {"steps": 2})
     doorbells.drain()
-    with django_assert_max_num_queries(6):
-        scrape(client)
+    scrape(client)  # the first scrape ever starts the tallies
+    small = scrape_queries(client)
     for _ in range(20):
         Run.objects.start("counter", {"steps": 5})
     doorbells.drain()
-    with django_assert_max_num_queries(6):
-        scrape(client)
+    large = scrape_queries(client)
+    # One snapshot (BEGIN, COMMIT, and on PostgreSQL its isolation level) reading the
+    # tallies and the checkpoints, attempts and recoveries after them; runs; workers.
+    assert small == large <= 9
+    with later(SETTLE + 1):
+        # Rows old enough join the tallies: at most one more write per table.
+        assert large < scrape_queries(client) <= large + len(tallies.SOURCES)
+    for _ in range(20):
+        Run.objects.start("counter", {"steps": 5})
+    doorbells.drain()
+    with later(SETTLE + 2):
+        assert scrape_queries(client) == large
+
+
+def counters(samples: dict) -> dict:
+    gauges = {"durable_runs", "durable_dead_letter_runs", "durable_worker_processes"}
+    return {key: value for key, value in samples.items() if key[0] not in gauges}
+
+
+def old_runs_of_every_kind(doorbells) -> list[Run]:
+    workflows.PAYMENTS.timeouts_left = 2
+    runs = [Run.objects.start("payment", {"cents": 1})]
+    exhaust_retries(doorbells, rounds=3)
+    runs += [Run.objects.start("arithmetic", {"a": 1, "b": 2}), Run.objects.start("malformed", {})]
+    runs.append(Run.objects.start("metered", {"prompt": "how are you today"}))
+    doorbells.drain()
+    lost = Run.objects.start("arithmetic", {"a": 0, "b": 0})
+    AuditEntry.record(lost, "recover", None, details={"outcome": "dead"})
+    Run.objects.filter(pk=lost.pk).update(status=Status.DEAD)
+    when = timezone.now() - timedelta(days=40)
+    Run.objects.update(finished_at=when, updated_at=when)
+    return [*runs, lost]
+
+
+def test_counters_never_drop_when_the_rows_they_counted_are_pruned(client, doorbells):
+    old_runs_of_every_kind(doorbells)
+    first = counters(scrape(client))  # nothing is in a tally yet: every row is counted live
+    assert value(first, "durable_steps_completed_total", workflow="payment", step="charge") == 1
+    assert value(first, "durable_step_attempts_failed_total", workflow="payment", step="charge") == 2
+
+    report = prune(timedelta(days=30), statuses=PRUNABLE_STATUSES)
+
+    assert report.runs == 5 and not Checkpoint.objects.exists() and not Attempt.objects.exists()
+    assert counters(scrape(client)) == first
+    with later(SETTLE + 1):
+        assert counters(scrape(client)) == first  # the tallies took them in: nothing to add
+    Run.objects.start("arithmetic", {"a": 1, "b": 1})
+    doorbells.drain()
+    after = scrape(client)
+    assert value(after, "durable_steps_completed_total", workflow="arithmetic", step="add") == 2
+    assert value(after, "durable_step_attempts_failed_total", workflow="payment", step="charge") == 2
+
+
+def test_counters_never_drop_when_runs_are_pruned_after_their_rows_joined_the_tallies(client, doorbells):
+    runs = old_runs_of_every_kind(doorbells)
+    scrape(client)
+    with later(SETTLE + 1):
+        settled = counters(scrape(client))
+    assert Tally.objects.get(source="checkpoints").counted_to == Checkpoint.objects.latest("pk").pk
+    with later(SETTLE + 2):
+        prune(timedelta(days=30), statuses=PRUNABLE_STATUSES)
+        assert not Run.objects.filter(pk__in=[run.pk for run in runs]).exists()
+        assert counters(scrape(client)) == settled
+
+
+def test_rows_in_a_tally_are_not_read_again(client, doorbells):
+    Run.objects.start("arithmetic", {"a": 1, "b": 2})
+    doorbells.drain()
+    scrape(client)
+    with later(SETTLE + 1):
+        settled = counters(scrape(client))
+    # Gone without a prune (nothing settles them): only rows after the tally are read.
+    Checkpoint.objects.all()._raw_delete(connection.alias)
+    assert counters(scrape(client)) == settled
+
+
+def test_two_scrapes_adding_the_same_rows_to_a_tally_add_them_once(client, doorbells):
+    Run.objects.start("counter", {"steps": 3})
+    doorbells.drain()
+    scrape(client)
+    now = timezone.now() + timedelta(seconds=SETTLE + 1)
+    first, second = Tally.objects.get(source="checkpoints"), Tally.objects.get(source="checkpoints")
+    rows = [('["counter", "count", "succeeded"]', {"n": 3})]
+    assert first.fold(rows, first.seen_to, first.seen_to, now)
+    assert not second.fold(rows, second.seen_to, second.seen_to, now)
+    assert Tally.objects.get(source="checkpoints").totals == {'["counter", "count", "succeeded"]': {"n": 3}}
+
+
+def test_a_prune_before_any_scrape_writes_no_tally(doorbells):
+    Run.objects.start("arithmetic", {"a": 1, "b": 2})
+    doorbells.drain()
+    Run.objects.update(finished_at=timezone.now() - timedelta(days=40))
+    assert prune(timedelta(days=30)).runs == 1
+    assert not Tally.objects.exists()
 
 
 def test_it_answers_repeated_scrapes_from_memory(client, doorbells, settings, django_assert_num_queries):

@@ -15,7 +15,7 @@ from django.utils import timezone
 from config.celery import app
 from runs import maintenance
 from runs.models import AuditEntry, Run, Signal, Status
-from runs.retention import prunable, prune
+from runs.retention import PRUNABLE_STATUSES, prunable, prune
 from steps.models import Attempt, Checkpoint
 from tests import workflows
 from tests.test_engine import exhaust_retries
@@ -69,7 +69,7 @@ def test_it_deletes_old_finished_runs_with_their_steps_and_keeps_everything_acti
     kept = [running, waiting, pending, queued, recent]
     assert Run.objects.get(pk=waiting.pk).status == Status.WAITING
 
-    report = prune(timedelta(days=30), by="tester")
+    report = prune(timedelta(days=30), statuses=PRUNABLE_STATUSES, by="tester")
 
     assert report.runs == 5
     assert exists(*old_finished) == [False] * 5
@@ -84,7 +84,25 @@ def test_it_deletes_old_finished_runs_with_their_steps_and_keeps_everything_acti
     assert AuditEntry.objects.filter(action="start", run__isnull=True).count() == 5
     entry = AuditEntry.objects.get(action="prune")
     assert (entry.actor_name, entry.details["runs"], entry.details["checkpoints"]) == ("tester", 5, 4)
+    assert entry.details["by_status"] == {"succeeded": 2, "failed": 1, "cancelled": 1, "dead": 1}
     assert "deleted 5 runs" in str(report) and "4 checkpoints" in str(report)
+    assert "kept, unlinked: 7 audit entries" in str(report)  # five starts, a cancel, a signal
+
+
+def test_it_keeps_failed_and_dead_runs_unless_they_are_asked_for_by_name(doorbells):
+    ok = age(finished(doorbells))
+    cancelled = Run.objects.start("arithmetic", {"a": 1, "b": 1})
+    cancelled.cancel(by="test")
+    age(cancelled)
+    failed = age(finished(doorbells, "malformed", {}))
+    dead = age(Run.objects.start("arithmetic", {"a": 2, "b": 2}), status=Status.DEAD)
+
+    report = prune(timedelta(days=30))
+    assert (report.statuses, report.runs) == (["cancelled", "succeeded"], 2)
+    assert exists(ok, cancelled, failed, dead) == [False, False, True, True]
+
+    assert prune(timedelta(days=30), statuses=["dead"]).runs == 1
+    assert exists(failed, dead) == [True, False]
 
 
 def test_it_works_in_batches(doorbells):
@@ -104,11 +122,51 @@ def test_it_prunes_only_the_statuses_asked_for(doorbells):
 
 def test_it_counts_without_deleting_in_a_dry_run(doorbells):
     runs = [age(finished(doorbells)) for _ in range(3)]
-    report = prune(timedelta(days=30), dry_run=True)
+    for run in runs:
+        run.refresh_from_db()
+    report = prune(timedelta(days=30), dry_run=True, shown=2)
     assert (report.runs, report.rows["checkpoints"], report.batches) == (3, 9, 0)
     assert str(report).startswith("would delete 3 runs")
+    assert [run.id for run in report.first] == [runs[0].pk, runs[1].pk]
+    assert report.listing().splitlines() == [
+        "succeeded: 3",
+        "runs (the first 2):",
+        *(f"  {run.pk}  arithmetic  succeeded  {run.finished_at:%Y-%m-%d %H:%M}" for run in runs[:2]),
+    ]
     assert exists(*runs) == [True] * 3
     assert not AuditEntry.objects.filter(action="prune").exists()
+
+
+def test_a_dry_run_names_exactly_what_the_prune_then_deletes(doorbells):
+    waiting_parent = age(finished(doorbells, "approval", {}))
+    taken = [
+        age(finished(doorbells)),
+        age(finished(doorbells, "counter", {"steps": 3})),
+        age(finished(doorbells, "malformed", {})),
+        age(Run.objects.start("arithmetic", {"a": 2, "b": 2}), status=Status.DEAD),
+        age(finished(doorbells)),
+    ]
+    kept = [
+        finished(doorbells),  # too recent
+        age(finished(doorbells), parent=waiting_parent),  # its parent still waits
+        age(Run.objects.start("arithmetic", {"a": 3, "b": 3}), status=Status.RUNNING),
+        waiting_parent,
+    ]
+    Run.objects.filter(pk=taken[0].pk).update(parent=taken[1])
+    statuses = ["dead", "failed", "succeeded"]
+    before = set(Run.objects.values_list("pk", flat=True))
+
+    dry = prune(timedelta(days=30), statuses=statuses, dry_run=True, shown=100)
+    assert exists(*taken) == [True] * 5
+    real = prune(timedelta(days=30), statuses=statuses, batch_size=2, shown=100)
+
+    gone = before - set(Run.objects.values_list("pk", flat=True))
+    assert [run.id for run in dry.first] == [run.id for run in real.first] == sorted(gone)
+    assert gone == {run.pk for run in taken}
+    assert dry.first == real.first  # workflows, statuses and finishing times too
+    assert dry.by_status == real.by_status == {"succeeded": 3, "failed": 1, "dead": 1}
+    assert (dry.runs, dry.rows, dry.unlinked) == (real.runs, real.rows, real.unlinked)
+    assert exists(*kept) == [True] * 4
 
 
 def test_it_refuses_to_prune_runs_that_have_not_finished():
@@ -163,13 +221,20 @@ def runs_command(*args) -> str:
 
 def test_it_prunes_from_the_command_line(doorbells):
     ok, bad = age(finished(doorbells)), age(finished(doorbells, "malformed", {}))
-    dry = runs_command("prune", "--older-than", "30d", "--status", "failed", "--dry-run")
-    assert dry.startswith("would delete 1 run (failed)")
-    assert exists(ok, bad) == [True, True]
+    dead = age(Run.objects.start("arithmetic", {"a": 2, "b": 2}), status=Status.DEAD)
+    dry = runs_command("prune", "--older-than", "30d", "--status", "dead", "--dry-run")
+    assert dry.startswith("would delete 1 run (dead)")
+    assert f"\ndead: 1\nruns:\n  {dead.pk}  arithmetic  dead  " in dry
+    assert exists(ok, bad, dead) == [True, True, True]
     done = runs_command("prune", "--older-than", "4w2d", "--batch-size", "1")
-    assert done.startswith("deleted 2 runs (cancelled, dead, failed, succeeded)")
-    assert exists(ok, bad) == [False, False]
-    assert AuditEntry.objects.get(action="prune").actor_name.startswith("cli:")
+    assert done.startswith("deleted 1 run (cancelled, succeeded)")
+    assert exists(ok, bad, dead) == [False, True, True]
+    everything = ["--status", "failed", "--status", "dead", "--status", "succeeded", "--show", "0"]
+    done = runs_command("prune", "--older-than", "30d", *everything)
+    assert done.startswith("deleted 2 runs (dead, failed, succeeded)")
+    assert done.splitlines()[1:] == ["dead: 1", "failed: 1"]
+    assert exists(bad, dead) == [False, False]
+    assert AuditEntry.objects.filter(action="prune").first().actor_name.startswith("cli:")
 
 
 @pytest.mark.parametrize(
@@ -179,6 +244,7 @@ def test_it_prunes_from_the_command_line(doorbells):
         (("prune", "--older-than", "soon"), "'soon' is not a duration"),
         (("prune", "--older-than", "30d", "--status", "running"), "only finished runs can be pruned"),
         (("prune", "--older-than", "30d", "--batch-size", "0"), "--batch-size must be at least 1"),
+        (("prune", "--older-than", "30d", "--show", "-1"), "--show must be 0 or more"),
     ],
 )
 def test_it_explains_bad_prune_arguments(args, message):
@@ -187,15 +253,18 @@ def test_it_explains_bad_prune_arguments(args, message):
 
 
 def test_the_prune_task_follows_the_settings(doorbells, settings):
-    run = age(finished(doorbells))
+    run, failed = age(finished(doorbells)), age(finished(doorbells, "malformed", {}))
     settings.DURABLE_PRUNE_OLDER_THAN = None
     assert "pruning is off" in maintenance.prune()
-    assert exists(run) == [True]
+    assert exists(run, failed) == [True, True]
     settings.DURABLE_PRUNE_OLDER_THAN = timedelta(days=30)
-    settings.DURABLE_PRUNE_STATUSES = ["succeeded"]
-    assert maintenance.prune().startswith("deleted 1 run (succeeded)")
-    assert exists(run) == [False]
+    assert settings.DURABLE_PRUNE_STATUSES == ["succeeded", "cancelled"]  # the default
+    assert maintenance.prune().startswith("deleted 1 run (cancelled, succeeded)")
+    assert exists(run, failed) == [False, True]
     assert AuditEntry.objects.get(action="prune").actor_name == "beat"
+    settings.DURABLE_PRUNE_STATUSES = ["failed"]
+    assert maintenance.prune().startswith("deleted 1 run (failed)")
+    assert exists(failed) == [False]
 
 
 def test_workers_register_the_prune_task():
@@ -203,12 +272,14 @@ def test_workers_register_the_prune_task():
     assert "runs.prune" in app.tasks
 
 
-def settings_in_subprocess(**env) -> subprocess.CompletedProcess:
-    code = (
-        "import django; django.setup(); from django.conf import settings; "
-        "entry = settings.CELERY_BEAT_SCHEDULE.get('durable-prune'); "
-        "print(entry and (entry['task'], entry['schedule'].total_seconds()))"
-    )
+BEAT_PRUNE_ENTRY = (
+    "import django; django.setup(); from django.conf import settings; "
+    "entry = settings.CELERY_BEAT_SCHEDULE.get('durable-prune'); "
+    "print(entry and (entry['task'], entry['schedule'].total_seconds()))"
+)
+
+
+def settings_in_subprocess(code: str = BEAT_PRUNE_ENTRY, **env) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

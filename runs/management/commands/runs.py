@@ -103,10 +103,20 @@ class Command(BaseCommand):
             type=prunable_status,
             dest="statuses",
             metavar="STATUS",
-            help="only runs that ended so (repeatable; default: succeeded, failed, dead and cancelled)",
+            help="only runs that ended so (repeatable; default: succeeded and cancelled; failed and "
+            "dead runs wait for an operator and go only when named)",
         )
         prune.add_argument("--batch-size", type=int, default=retention.DEFAULT_BATCH_SIZE, dest="batch_size")
-        prune.add_argument("--dry-run", action="store_true", dest="dry_run", help="count, delete nothing")
+        prune.add_argument(
+            "--dry-run", action="store_true", dest="dry_run", help="list what would go, delete nothing"
+        )
+        prune.add_argument(
+            "--show",
+            type=int,
+            default=retention.DEFAULT_SHOWN,
+            metavar="N",
+            help=f"name the first N runs taken (default {retention.DEFAULT_SHOWN})",
+        )
 
     def handle(self, *args, action: str, **options) -> None:
         self.actor = f"cli:{getpass.getuser()}"
@@ -218,14 +228,21 @@ class Command(BaseCommand):
         if not report.ok:
             raise CommandError(f"not safe for this run: the current code {OUTCOMES[report.outcome]}")
 
-    def do_prune(self, older_than, statuses: list[str] | None, batch_size: int, dry_run: bool, **_) -> None:
+    def do_prune(
+        self, older_than, statuses: list[str] | None, batch_size: int, dry_run: bool, show: int, **_
+    ) -> None:
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1")
+        if show < 0:
+            raise CommandError("--show must be 0 or more")
         report = retention.prune(
             older_than,
-            statuses=statuses or retention.PRUNABLE_STATUSES,
+            statuses=statuses or retention.DEFAULT_STATUSES,
             batch_size=batch_size,
             dry_run=dry_run,
+            shown=show,
             by=self.actor,
         )
         self.stdout.write(str(report))
+        if report.runs:
+            self.stdout.write(report.listing())

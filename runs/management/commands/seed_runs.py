@@ -294,6 +294,7 @@ class Seeder:
         return [
             ProviderCall(
                 run=cp.run,
+                workflow=cp.run.workflow,
                 position=cp.position,
                 provider="seed",
                 model=SEED_MODEL,
