@@ -193,6 +193,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "csp",
+    "axes",
     "runs",
     "steps",
     "harness",
@@ -211,6 +212,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it answers a locked-out sign-in with 429.
+    "axes.middleware.AxesMiddleware",
 ]
 
 # Content-Security-Policy on every response: scripts, styles and everything else from
@@ -251,10 +254,51 @@ TEMPLATES = [
 DATABASES = {"default": database_from_env()}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Django's full default set: not like the username (stricter than Django's 0.7, which lets
+# "name-name" through), 8+ characters, not a common password, not all digits.
 AUTH_PASSWORD_VALIDATORS = [
+    {
+        "NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator",
+        "OPTIONS": {"max_similarity": 0.5},
+    },
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+
+# Sign-in throttling (django-axes): DURABLE_LOGIN_FAILURE_LIMIT wrong passwords for one
+# username from one address lock that pair out for DURABLE_LOGIN_COOLOFF_MINUTES; a staff
+# user unlocks it early by deleting its access attempt in the admin (or `axes_reset`).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = envint("DURABLE_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=envfloat("DURABLE_LOGIN_COOLOFF_MINUTES", 15.0, minimum=0.1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# Wrong API tokens from one address within a minute before its token requests get 429.
+DURABLE_TOKEN_FAILURE_LIMIT = envint("DURABLE_TOKEN_FAILURE_LIMIT", 10, minimum=1)
+
+# Mail, for password resets: without EMAIL_HOST there is no way to deliver a reset link,
+# so the reset pages are not served at all (config/urls.py).
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "")
+EMAIL_PORT = envint("EMAIL_PORT", 587, minimum=1)
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", True)
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "durable@localhost")
+
+# Shared by every web process when set (throttling counts, the overview's cache); else
+# each process keeps its own.
+if os.environ.get("DURABLE_CACHE_URL"):
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": os.environ["DURABLE_CACHE_URL"],
+        }
+    }
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"
@@ -524,10 +568,20 @@ REST_FRAMEWORK = {
     # Token first: a request without credentials gets 401 and `WWW-Authenticate: Token`.
     # Sessions let a signed-in operator follow the dashboard's export link.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "api.authentication.ThrottledTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # Per user when signed in, per address otherwise; wrong tokens are throttled by the
+    # authentication class itself (api/authentication.py), before any of this.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": os.environ.get("DURABLE_API_ANON_RATE", "60/min"),
+        "user": os.environ.get("DURABLE_API_USER_RATE", "1200/min"),
+    },
     "DEFAULT_RENDERER_CLASSES": ["api.renderers.SafeJSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["api.parsers.StrictJSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
