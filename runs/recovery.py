@@ -6,26 +6,42 @@ runs and branches (lease lapsed), waiting ones that are due, runs whose signal,
 child or branches have arrived, queued runs with a free slot, and pending work
 whose doorbell went unanswered. Every change it makes is a conditional update,
 so two sweeps at once are safe.
+
+Wake-ups are set-based: one UPDATE wakes up to WAKE_BATCH runs, the most overdue
+first, and a sweep takes batches until its budget is spent. On PostgreSQL a batch
+skips rows another transaction holds (two sweeps take disjoint batches) and gives
+up on any lock after LOCK_TIMEOUT instead of waiting; the next sweep retries it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from runs import dispatch
-from runs.models import ACTIVE_STATUSES, Run, WorkerProcess
+from runs.models import ACTIVE_STATUSES, ARRIVALS, Run, WorkerProcess
 from steps.models import Branch, BranchStatus
 from steps.ratelimit import forget_old_grants
 
 log = logging.getLogger(__name__)
 
 BATCH = 500
+# Runs woken per statement, and how much of a sweep waking may take: at least one
+# batch per source, then more while batches come back full and the budget lasts.
+WAKE_BATCH = 1000
+WAKE_BATCHES_PER_SWEEP = 10
+WAKE_BUDGET = 0.25  # seconds; the sweep runs every DURABLE_SWEEP_INTERVAL (0.5 s)
+# How long a maintenance statement may wait for a lock (PostgreSQL's lock_timeout).
+LOCK_TIMEOUT = "100ms"
+LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout
 
 
 @dataclass
@@ -63,17 +79,45 @@ def _sweep_runs(report: SweepReport) -> None:
             report.recovered += 1
         elif outcome == "dead":
             report.dead_lettered += 1
-    wakeable = [
-        Run.objects.due_to_wake(),
-        Run.objects.signalled_while_waiting(),
-        Run.objects.waiting_on_finished_children(),
-        Run.objects.waiting_on_finished_branches(),
-    ]
-    for candidates in wakeable:
-        for run in candidates.only(*fields)[:BATCH]:
-            report.woken += run.wake()
+    _wake_runs(report)
     for run in Run.objects.unanswered().only(*fields, "dispatched_at", "updated_at")[:BATCH]:
         report.redispatched += run.redispatch()
+
+
+def _wake_runs(report: SweepReport) -> None:
+    # Runs whose signal, child or branches arrived first: few, and waited on by
+    # someone; then the timed wake-ups, which may be a flood.
+    sources = [partial(Run.objects.wake_arrived, source) for source in ARRIVALS]
+    sources.append(lambda limit: Run.objects.due_to_wake().wake_batch(limit))
+    deadline = time.monotonic() + WAKE_BUDGET
+    batches = 0
+    for wake in sources:
+        while True:
+            woken = _wake_batch(wake)
+            report.woken += woken
+            batches += 1
+            out_of_budget = batches >= WAKE_BATCHES_PER_SWEEP or time.monotonic() >= deadline
+            if woken < WAKE_BATCH or out_of_budget:
+                break
+
+
+def _wake_batch(wake: Callable[[int], list[int]]) -> int:
+    try:
+        with transaction.atomic():
+            _no_lock_waits()
+            return len(wake(WAKE_BATCH))
+    except DatabaseError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            raise
+        log.info("sweep: a wake-up batch met a lock and was skipped; the next sweep retries it: %s", exc)
+        return 0
+
+
+def _no_lock_waits() -> None:
+    """Inside a maintenance transaction: fail a statement rather than queue for a lock."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)", [LOCK_TIMEOUT])
 
 
 def _sweep_branches(report: SweepReport) -> None:
