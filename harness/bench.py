@@ -7,32 +7,39 @@ on the same server), so seeding a million runs never touches real data.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
+import random
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from statistics import median
 
 from celery import chain
 from django.conf import settings
 from django.db import connection, connections
-from django.db.models import Max
+from django.db.models import Max, Min
 from django.test import Client
-from django.test.utils import CaptureQueriesContext
+from django.test.utils import CaptureQueriesContext, override_settings
+from django.utils import timezone
 
 from harness import workflows  # noqa: F401  (registers the bench workflows in this process)
 from harness.cluster import Cluster, database_url, process_tree
 from harness.models import Call, FloorRow
-from runs.models import Run, Status
+from runs import dispatch, recovery
+from runs.models import Run, Status, WaitKind
+from runs.recovery import sweep
+from steps.models import Branch, BranchStatus
 
 ROOT = Path(__file__).resolve().parent.parent
-PHASES = ("throughput", "checkpoint_bytes", "floor", "recovery", "memory", "pages")
+PHASES = ("throughput", "checkpoint_bytes", "floor", "recovery", "memory", "pages", "wakeups")
 
 
 @dataclass
@@ -46,6 +53,10 @@ class BenchConfig:
     page_sizes: tuple[int, ...] = (10_000,)
     page_requests: int = 20
     detail_steps: int = 1000
+    waiting_runs: int = 100_000
+    idle_sweeps: int = 20
+    one_by_one_wakeups: int = 2000
+    doorbell_wakeups: int = 10_000
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -169,8 +180,6 @@ class Bench:
 
     def checkpoint_bytes(self) -> None:
         """Storage a checkpoint costs beyond its output: table and index growth per row."""
-        from django.utils import timezone
-
         from steps.models import Checkpoint
 
         runs, steps = 50, 200
@@ -320,11 +329,267 @@ class Bench:
             client.get(url)
         return times, len(captured.captured_queries)
 
+    # --- wake-ups -------------------------------------------------------------------------
+
+    def wakeups(self) -> None:
+        """The sweep over many waiting runs: none due, then all of them due at once.
+
+        Doorbells are counted in this process, not sent: 100,000 broker messages would
+        measure the broker. Its share is measured apart, on fewer runs (`doorbells`).
+        Woken runs stay pending, unclaimed: the sweep must not ring them again meanwhile.
+        """
+        count = self.config.waiting_runs
+        no_redispatch = override_settings(DURABLE_REDISPATCH_AFTER=24 * 3600)
+        with counted_doorbells() as rung, quiet("runs.recovery"), no_redispatch:
+            floor = self.seed_waiting(count, due=False)
+            self.idle_sweeps("sleepers")
+            self.clear_runs_above(floor)
+            floor = self.seed_waiting(count, due=False, others=0.01)
+            self.idle_sweeps("mixed")
+            self.clear_runs_above(floor)
+
+            floor = self.seed_waiting(self.config.one_by_one_wakeups, due=True)
+            one_by_one = self.wake_one_by_one()
+            self.clear_runs_above(floor)
+
+            floor = self.seed_waiting(count, due=True)
+            rung.clear()
+            one = self.one_sweeper(floor)
+            assert sorted(rung) == sorted(Run.objects.filter(pk__gt=floor).values_list("pk", flat=True))
+            self.clear_runs_above(floor)
+
+            floor = self.seed_waiting(count, due=True)
+            rung.clear()
+            two = self.two_sweepers(count)
+            assert len(rung) == len(set(rung)) == count, "a run was woken twice, or not at all"
+            self.clear_runs_above(floor)
+        with quiet("runs.recovery"), no_redispatch:
+            self.doorbells()
+        figures = self.figures
+        figures["wakeups_one_by_one_per_s"] = round(one_by_one, 1)
+        figures["wakeups_per_s"] = round(one, 1)
+        figures["wakeups_vs_one_by_one"] = round(one / one_by_one, 1)
+        figures["wakeups_two_sweepers_per_s"] = round(two, 1)
+        figures["wakeups_two_sweepers_vs_one"] = round(two / one, 2)
+        self.say(
+            f"wake-ups: {one:.0f}/s in batches ({one / one_by_one:.1f}x one by one, {one_by_one:.0f}/s), "
+            f"two sweepers {two:.0f}/s ({two / one:.2f}x one); most overdue first: "
+            f"{figures['wakeups_most_overdue_first']}"
+        )
+
+    def doorbells(self) -> None:
+        """Real doorbells to a throwaway queue: alone, then rung by sweeps waking runs."""
+        from config.celery import app
+
+        queue = "bench-throwaway"  # one name, so no run of the bench leaves a queue behind
+        count = self.config.doorbell_wakeups
+        try:
+            dispatch.ring(0, queue)  # connect first
+            begin = time.perf_counter()
+            for run_id in range(count):
+                dispatch.ring(run_id, queue)
+            alone = count / (time.perf_counter() - begin)
+            floor = self.seed_waiting(count, due=True, queue=queue)
+            woken = self.one_sweeper(floor)
+            self.clear_runs_above(floor)
+        finally:
+            with app.connection_for_write() as broker:
+                broker.default_channel.queue_purge(queue)
+        self.figures["doorbells_per_s"] = round(alone, 1)
+        self.figures["wakeups_with_doorbells_per_s"] = round(woken, 1)
+        self.say(f"doorbells: {alone:.0f}/s from one process; {woken:.0f} wake-ups/s ringing them ({count})")
+
+    def seed_waiting(self, count: int, *, due: bool, others: float = 0.0, queue: str = "durable") -> int:
+        """Insert `count` waiting runs in bulk; return the highest run id below them.
+
+        Due runs are overdue by 1 s to a few minutes, in an order unrelated to their
+        ids. Runs not due sleep for hours; with `others`, that fraction of them each
+        waits for a signal, for a child run (one of the sleepers) and for a parallel
+        group (one branch backing off for an hour), none of which has arrived.
+        """
+        floor = Run.objects.aggregate(top=Max("id"))["top"] or 0
+        now = timezone.now()
+        offsets = list(range(count))
+        random.Random(count).shuffle(offsets)
+        due_in = (lambda offset: -1 - offset / 1000) if due else (lambda offset: 3600 + offset)
+        runs = [
+            Run(
+                workflow="bench_noop",
+                queue=queue,
+                status=Status.WAITING,
+                wait_kind=WaitKind.SLEEP,
+                wait_position=0,
+                steps_done=1,
+                wake_at=now + timedelta(seconds=due_in(offset)),
+            )
+            for offset in offsets
+        ]
+        Run.objects.bulk_create(runs, batch_size=5000)
+        kinds = [WaitKind.SIGNAL, WaitKind.CHILD, WaitKind.BRANCHES]
+        per_kind = round(count * others)
+        if per_kind:
+            ids = list(Run.objects.filter(pk__gt=floor).order_by("pk").values_list("pk", flat=True))
+            waiters = {kind: ids[i * per_kind : (i + 1) * per_kind] for i, kind in enumerate(kinds)}
+            children = ids[3 * per_kind : 4 * per_kind]
+            Run.objects.filter(pk__in=waiters[WaitKind.SIGNAL]).update(
+                wait_kind=WaitKind.SIGNAL, wait_signal="approve", wake_at=None
+            )
+            for kind in (WaitKind.CHILD, WaitKind.BRANCHES):
+                Run.objects.filter(pk__in=waiters[kind]).update(wait_kind=kind, wake_at=None)
+            for parent, child in zip(waiters[WaitKind.CHILD], children, strict=True):
+                Run.objects.filter(pk=child).update(parent_id=parent, parent_position=0)
+            Branch.objects.bulk_create(
+                (
+                    Branch(
+                        run_id=run_id,
+                        position=0,
+                        index=0,
+                        name="noop",
+                        target="harness.workflows:noop",
+                        status=BranchStatus.WAITING,
+                        wake_at=now + timedelta(hours=1),
+                    )
+                    for run_id in waiters[WaitKind.BRANCHES]
+                ),
+                batch_size=5000,
+            )
+        analyze()
+        return floor
+
+    def clear_runs_above(self, floor: int) -> None:
+        Branch.objects.filter(run_id__gt=floor)._raw_delete(Branch.objects.db)
+        Run.objects.filter(pk__gt=floor)._raw_delete(Run.objects.db)
+        analyze()
+
+    def idle_sweeps(self, population: str) -> None:
+        """Sweeps that find nothing to wake among the seeded runs."""
+        for _ in range(3):
+            sweep()  # warm up
+        times = []
+        for _ in range(self.config.idle_sweeps):
+            begin = time.perf_counter()
+            report = sweep()
+            times.append((time.perf_counter() - begin) * 1000)
+            assert not report.woken, report
+        checks = []
+        for _ in range(self.config.idle_sweeps):
+            begin = time.perf_counter()
+            recovery._wake_runs(recovery.SweepReport())
+            checks.append((time.perf_counter() - begin) * 1000)
+        with CaptureQueriesContext(connection) as captured:
+            sweep()
+        name = f"wakeups_idle_sweep_{population}"
+        self.figures[f"{name}_p50_ms"] = round(median(times), 2)
+        self.figures[f"{name}_p95_ms"] = round(percentile(times, 0.95), 2)
+        self.figures[f"{name}_wake_checks_p50_ms"] = round(median(checks), 2)
+        self.figures[f"{name}_queries"] = len(captured.captured_queries)
+        self.say(
+            f"wake-ups: idle sweep over {self.config.waiting_runs} waiting runs ({population}): "
+            f"p50 {median(times):.1f} ms, p95 {percentile(times, 0.95):.1f} ms "
+            f"(wake-up checks p50 {median(checks):.1f} ms), {len(captured.captured_queries)} queries"
+        )
+
+    def wake_one_by_one(self) -> float:
+        """The baseline: one conditional UPDATE per run (Run.wake), as the sweep did before."""
+        fields = ("pk", "lease_token", "queue", "workflow")
+        begin = time.perf_counter()
+        woken = 0
+        while candidates := list(Run.objects.due_to_wake().only(*fields)[:500]):
+            woken += sum(run.wake() for run in candidates)
+        return woken / (time.perf_counter() - begin)
+
+    def one_sweeper(self, floor: int) -> float:
+        """Back-to-back sweeps until none is due; wake-ups per second of sweeping."""
+        count = Run.objects.filter(pk__gt=floor).count()
+        spent, woken, first = 0.0, 0, True
+        while True:
+            begin = time.perf_counter()
+            report = sweep()
+            spent += time.perf_counter() - begin
+            woken += report.woken
+            if first:
+                self.figures.setdefault("wakeups_most_overdue_first", most_overdue_first(floor))
+                first = False
+            if not report.woken:
+                break
+        assert woken == count, (woken, count)
+        return woken / spent
+
+    def two_sweepers(self, count: int) -> float:
+        """Two threads sweeping at once, each with its own database connection."""
+        woken = [0, 0]
+        start = threading.Barrier(3)
+
+        def sweeper(index: int) -> None:
+            try:
+                start.wait()
+                while report := sweep():
+                    woken[index] += report.woken
+                    if not report.woken:
+                        break
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=sweeper, args=(index,)) for index in range(2)]
+        for thread in threads:
+            thread.start()
+        start.wait()
+        begin = time.perf_counter()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - begin
+        assert sum(woken) == count, (woken, count)
+        return count / elapsed
+
     def run(self, phases: list[str]) -> dict:
         for phase in PHASES:
             if phase in phases:
                 getattr(self, phase)()
         return self.figures
+
+
+@contextmanager
+def counted_doorbells():
+    """Replace ringing with a list of the run ids that would have been rung."""
+    rung: list[int] = []
+    real = dispatch.ring
+    dispatch.ring = lambda run_id, queue: rung.append(run_id)
+    try:
+        yield rung
+    finally:
+        dispatch.ring = real
+
+
+@contextmanager
+def quiet(logger: str):
+    """Keep a logger to warnings: the sweep logs a line whenever it wakes anything."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def most_overdue_first(floor: int) -> bool:
+    """Every run woken so far was due no later than every run still waiting."""
+    seeded = Run.objects.filter(pk__gt=floor)
+    woken = seeded.exclude(status=Status.WAITING).aggregate(last=Max("wake_at"))["last"]
+    waiting = seeded.filter(status=Status.WAITING).aggregate(first=Min("wake_at"))["first"]
+    return woken is not None and (waiting is None or woken <= waiting)
+
+
+def analyze() -> None:
+    """On PostgreSQL, what autovacuum would do after a bulk change, without waiting for it.
+
+    SQLite is left without statistics, as the embedded default runs: nothing there
+    runs ANALYZE.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM ANALYZE runs_run")
+            cursor.execute("VACUUM ANALYZE steps_branch")
 
 
 def resident_kib(pid: int) -> int:
@@ -398,6 +663,10 @@ def machine() -> dict:
 
 TARGETS = {
     "durable_vs_chain": ("≥ 3×", lambda v: v >= 3),
+    "wakeups_idle_sweep_sleepers_p95_ms": ("≤ 10 ms", lambda v: v <= 10),
+    "wakeups_per_s": ("≥ 2,000/s", lambda v: v >= 2000),
+    "wakeups_two_sweepers_vs_one": ("≥ 1.6×", lambda v: v >= 1.6),
+    "wakeups_most_overdue_first": ("True", lambda v: v is True),
     "recovery_prefork_child_p95_s": ("< 1 s", lambda v: v < 1),
     "recovery_whole_worker_p95_s": ("≤ 3 s", lambda v: v <= 3),
     "worker_rss_growth": ("flat (≤ 1.10)", lambda v: v <= 1.10),

@@ -217,14 +217,17 @@ class RunQuerySet(models.QuerySet):
         return self.filter(status=Status.RUNNING).exclude(lease_owner__in=alive)
 
     def due_to_wake(self):
-        return self.filter(status=Status.WAITING, wake_at__lte=timezone.now())
+        """Waiting runs whose wake-up time has come, the most overdue first."""
+        return self.filter(status=Status.WAITING, wake_at__lte=timezone.now()).order_by("wake_at", "id")
 
     def signalled_while_waiting(self):
         pending_signal = Signal.objects.filter(
             run=models.OuterRef("pk"), name=models.OuterRef("wait_signal"), consumed_at__isnull=True
         )
-        return self.filter(status=Status.WAITING, wait_kind=WaitKind.SIGNAL).filter(
-            models.Exists(pending_signal)
+        return (
+            self.filter(status=Status.WAITING, wait_kind=WaitKind.SIGNAL)
+            .filter(models.Exists(pending_signal))
+            .order_by("id")
         )
 
     def admit(self, workflow: str) -> int:
@@ -263,8 +266,10 @@ class RunQuerySet(models.QuerySet):
             parent_position=models.OuterRef("wait_position"),
             status__in=list(FINAL_STATUSES),
         )
-        return self.filter(status=Status.WAITING, wait_kind=WaitKind.CHILD).filter(
-            models.Exists(finished_child)
+        return (
+            self.filter(status=Status.WAITING, wait_kind=WaitKind.CHILD)
+            .filter(models.Exists(finished_child))
+            .order_by("id")
         )
 
     def waiting_on_finished_branches(self):
@@ -273,9 +278,42 @@ class RunQuerySet(models.QuerySet):
             position=models.OuterRef("wait_position"),
             status__in=[BranchStatus.PENDING, BranchStatus.RUNNING, BranchStatus.WAITING],
         )
-        return self.filter(status=Status.WAITING, wait_kind=WaitKind.BRANCHES).exclude(
-            models.Exists(unfinished)
+        return (
+            self.filter(status=Status.WAITING, wait_kind=WaitKind.BRANCHES)
+            .exclude(models.Exists(unfinished))
+            .order_by("id")
         )
+
+    def wake_batch(self, limit: int) -> list[int]:
+        """Wake up to `limit` of these waiting runs in one statement, in this queryset's order.
+
+        Returns the ids woken. Each becomes pending (its doorbell rings once the
+        transaction commits) or, when its workflow has a concurrency limit, queued (the
+        workflow's line is admitted after the commit). On PostgreSQL rows another
+        transaction has locked are skipped, not waited for, so concurrent sweeps take
+        disjoint batches.
+        """
+        with transaction.atomic(savepoint=False):
+            if not _update_can_return():
+                return _wake_then_read(_candidates(self).values_list("pk", "queue", "workflow")[:limit])
+            return _wake(_wake_statement(self, limit))
+
+    def wake_arrived(self, source: str, limit: int) -> list[int]:
+        """`getattr(self, source)().wake_batch(limit)` for a source in ARRIVALS, built once.
+
+        These candidate queries depend on no clock, so their statement is compiled once
+        per process: compiling it took the ORM longer than the database took to run
+        it when nothing had arrived, twice a second, in every sweep.
+        """
+        if source not in ARRIVALS:
+            raise ValueError(f"{source!r} is not one of {ARRIVALS}")
+        with transaction.atomic(savepoint=False):
+            if not _update_can_return():
+                return getattr(self, source)().wake_batch(limit)
+            key = (connection.vendor, source, limit, tuple(_limited_workflows()))
+            if key not in _arrival_statements:
+                _arrival_statements[key] = _wake_statement(getattr(self, source)(), limit)
+            return _wake(_arrival_statements[key])
 
     def unanswered(self):
         """Pending runs whose doorbell should have been answered by now (see Run.redispatch)."""
@@ -355,9 +393,25 @@ class Run(models.Model):
         ordering = ["-id"]
         permissions = [("operate", "Can resume, retry, cancel, signal and edit runs")]
         indexes = [
-            # Sweep: waiting runs due to wake, pending runs whose doorbell went unanswered.
-            models.Index(fields=["status", "wake_at"], name="run_status_wake"),
+            # Sweep: pending runs whose doorbell went unanswered (RunQuerySet.unanswered).
             models.Index(fields=["status", "dispatched_at"], name="run_status_dispatched"),
+            # Sweep: due_to_wake, most overdue first (ORDER BY wake_at, id), read in index
+            # order. Partial: only waiting runs, so other moves of status never touch it.
+            # Status leads although the condition fixes it: SQLite without statistics (the
+            # embedded default never runs ANALYZE) prefers the index matching most terms.
+            models.Index(
+                fields=["status", "wake_at", "id"],
+                condition=Q(status=Status.WAITING),
+                name="run_waiting_wake",
+            ),
+            # Sweep: signalled_while_waiting, waiting_on_finished_children and
+            # waiting_on_finished_branches each read only the waiting runs of their wait
+            # kind; without it they scanned every waiting run, sleepers included.
+            models.Index(
+                fields=["status", "wait_kind", "id"],
+                condition=Q(status=Status.WAITING),
+                name="run_waiting_kind",
+            ),
             # Run list filtered by status or workflow, newest first (keyset on id).
             models.Index(fields=["status", "-id"], name="run_status_id"),
             models.Index(fields=["workflow", "-id"], name="run_workflow_id"),
@@ -1208,6 +1262,141 @@ def insert_checkpoint(run_id: int, fields: dict) -> None:
         cursor.execute(_hot_statements()[1], _checkpoint_params(run_id, fields))
 
 
+# --- batch wake-ups ----------------------------------------------------------------
+# The sweep wakes runs a thousand at a time. The ORM's update() cannot say which rows
+# it changed, and the woken runs' queues and workflows are needed to ring their
+# doorbells, so the UPDATE is written here, with RETURNING, around the candidate query
+# the ORM compiles (FOR NO KEY UPDATE SKIP LOCKED on PostgreSQL). docs/benchmarks.md records
+# what it bought over one conditional UPDATE per run.
+
+# The wake-up sources that wait for an event rather than a time (see wake_arrived).
+ARRIVALS = ("signalled_while_waiting", "waiting_on_finished_children", "waiting_on_finished_branches")
+_arrival_statements: dict[tuple, tuple[str, list, list]] = {}
+WOKEN_COLUMNS = ("id", "queue", "workflow", "status")
+
+
+def _update_can_return() -> bool:
+    # SQLite gained RETURNING for INSERT, UPDATE and DELETE at once (3.35), so Django's
+    # flag for INSERT answers for UPDATE too; PostgreSQL always had it.
+    return connection.features.can_return_columns_from_insert
+
+
+def _limited_workflows() -> list[str]:
+    """Workflows with a concurrency limit: their runs re-enter the line queued."""
+    from runs.workflow import registry
+
+    names = set(registry.names()) | set(settings.DURABLE_CONCURRENCY)
+    return sorted(name for name in names if concurrency_limit(name) is not None)
+
+
+def _candidates(query: RunQuerySet) -> RunQuerySet:
+    waiting = query.filter(status=Status.WAITING)
+    if connection.features.has_select_for_update_skip_locked:
+        # NO KEY: rows being inserted elsewhere that point at the run (a signal, a
+        # checkpoint) take a KEY SHARE lock on it; they neither wait for nor hide it.
+        no_key = connection.features.has_select_for_no_key_update
+        waiting = waiting.select_for_update(skip_locked=True, no_key=no_key)
+    return waiting
+
+
+def _wake_update(where: str) -> tuple[str, list]:
+    """UPDATE … SET the entry status and time stamps WHERE `where` AND still waiting.
+
+    Parameters: those returned, the two time stamps, those of `where`, "waiting".
+    """
+    check_transition([Status.WAITING], Status.PENDING)
+    check_transition([Status.WAITING], Status.QUEUED)
+    quote = connection.ops.quote_name
+    limited = _limited_workflows()
+    if limited:
+        marks = ", ".join(["%s"] * len(limited))
+        target = f"CASE WHEN {quote('workflow')} IN ({marks}) THEN %s ELSE %s END"
+        target_params = [*limited, Status.QUEUED.value, Status.PENDING.value]
+    else:
+        target, target_params = "%s", [Status.PENDING.value]
+    sql = (
+        f"UPDATE {quote(Run._meta.db_table)} SET {quote('status')} = {target}, "
+        f"{quote('dispatched_at')} = %s, {quote('updated_at')} = %s "
+        f"WHERE {where} AND {quote('status')} = %s"
+    )
+    return sql, target_params
+
+
+def _wake_statement(query: RunQuerySet, limit: int) -> tuple[str, list, list]:
+    """The UPDATE … RETURNING that wakes up to `limit` of `query`'s runs, in its order.
+
+    Returns the SQL and the parameters before and after the two time stamps.
+    """
+    quote = connection.ops.quote_name
+    candidates = _candidates(query).values("pk")[:limit]
+    select, select_params = candidates.query.get_compiler(connection=connection).as_sql()
+    if connection.vendor == "postgresql":
+        # ARRAY(…) is computed once, before the update. Under IN (…) the planner may
+        # rescan the subquery for every row it joins, and each rescan locks and
+        # returns more rows: a batch of 2 woke 4.
+        where = f"{quote('id')} = ANY(ARRAY({select}))"
+    else:
+        where = f"{quote('id')} IN ({select})"  # SQLite computes an uncorrelated IN list once
+    update, target_params = _wake_update(where)
+    returning = ", ".join(quote(column) for column in WOKEN_COLUMNS)
+    return f"{update} RETURNING {returning}", target_params, [*select_params, Status.WAITING.value]
+
+
+def _wake(statement: tuple[str, list, list]) -> list[int]:
+    sql, before, after = statement
+    now = timezone.now()
+    stamps = _prepared(Run, {"dispatched_at": now, "updated_at": now})
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*before, *stamps, *after])
+        rows = cursor.fetchall()
+    _announce_woken(rows)
+    return [row[0] for row in rows]
+
+
+def _wake_then_read(candidates) -> list[int]:
+    """Without RETURNING (SQLite before 3.35): read the batch, then wake it by id.
+
+    The transaction holds SQLite's write lock from its start, so every run read is
+    still waiting; should the row count say otherwise, the runs this UPDATE stamped
+    are read back.
+    """
+    rows = list(candidates)
+    if not rows:
+        return []
+    ids = [pk for pk, *_ in rows]
+    update, target_params = _wake_update(
+        f"{connection.ops.quote_name('id')} IN ({', '.join(['%s'] * len(ids))})"
+    )
+    now = timezone.now()
+    stamps = _prepared(Run, {"dispatched_at": now, "updated_at": now})
+    with connection.cursor() as cursor:
+        cursor.execute(update, [*target_params, *stamps, *ids, Status.WAITING.value])
+        woken = cursor.rowcount
+    if woken == len(rows):
+        woken_rows = [(pk, queue, workflow, entry_status(workflow)) for pk, queue, workflow in rows]
+    else:
+        stamped = Run.objects.filter(
+            pk__in=ids, dispatched_at=now, status__in=[Status.PENDING, Status.QUEUED]
+        )
+        woken_rows = list(stamped.values_list(*WOKEN_COLUMNS))
+    _announce_woken(woken_rows)
+    return [row[0] for row in woken_rows]
+
+
+def _announce_woken(rows) -> None:
+    """After the commit: ring each pending run's doorbell, admit each queued workflow's line."""
+    pending = [(pk, queue) for pk, queue, _, status in rows if status == Status.PENDING]
+    if pending:
+        transaction.on_commit(lambda: _ring_all(pending))
+    for workflow in sorted({workflow for _, _, workflow, status in rows if status == Status.QUEUED}):
+        transaction.on_commit(lambda workflow=workflow: Run.objects.admit(workflow))
+
+
+def _ring_all(pending: list[tuple[int, str]]) -> None:
+    for run_id, queue in pending:
+        dispatch.ring(run_id, queue)
+
+
 class Signal(models.Model):
     """A message for a run; consumed by the first wait_for_signal of that name."""
 
@@ -1224,6 +1413,11 @@ class Signal(models.Model):
         indexes = [
             # wait_for_signal: the oldest unconsumed signal of a name for a run.
             models.Index(fields=["run", "name", "consumed_at"], name="signal_lookup"),
+            # Sweep: signalled_while_waiting starts from the signals not consumed yet, a
+            # few rows however many signals were ever sent.
+            models.Index(
+                fields=["run", "name"], condition=Q(consumed_at__isnull=True), name="signal_unconsumed"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -1314,33 +1508,3 @@ class WorkerProcess(models.Model):
         recent = cls.objects.filter(heartbeat_at__gte=timezone.now() - timedelta(seconds=within))
         listed = [queues for queues in recent.values_list("queues", flat=True) if queues]
         return {queue for queues in listed for queue in queues} if listed else None
-
-
-class SweepClock(models.Model):
-    """When the sweep last ran, and since when it has run without a gap.
-
-    After a gap (a database outage, beat down) no process could beat either; the sweep
-    waits one lease timeout for the living to beat again before calling anyone dead.
-    """
-
-    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
-    last_at = models.DateTimeField()
-    steady_since = models.DateTimeField()
-
-    def __str__(self) -> str:
-        return f"sweeping steadily since {self.steady_since}"
-
-    @classmethod
-    def steady(cls) -> bool:
-        """Record this sweep; True when sweeps have come without a gap for a lease timeout."""
-        now = timezone.now()
-        gap = timedelta(seconds=max(settings.DURABLE_LEASE_TIMEOUT, 3 * settings.DURABLE_SWEEP_INTERVAL))
-        with transaction.atomic():
-            updated = cls.objects.filter(pk=1).update(
-                steady_since=Case(When(last_at__lt=now - gap, then=Value(now)), default=F("steady_since")),
-                last_at=now,
-            )
-            if not updated:
-                cls.objects.get_or_create(pk=1, defaults={"last_at": now, "steady_since": now})
-            steady_since = cls.objects.values_list("steady_since", flat=True).get(pk=1)
-        return now - steady_since >= gap

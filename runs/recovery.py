@@ -1,4 +1,4 @@
-"""The sweep: celery beat runs it every DURABLE_SWEEP_INTERVAL seconds.
+"""The sweep: every worker's main process runs it every DURABLE_SWEEP_INTERVAL seconds.
 
 It is what makes the database the source of truth. Whatever the broker lost or
 a dead worker left behind, the sweep finds it from the database alone: orphaned
@@ -6,26 +6,43 @@ runs and branches (lease lapsed), waiting ones that are due, runs whose signal,
 child or branches have arrived, queued runs with a free slot, and pending work
 whose doorbell went unanswered. Every change it makes is a conditional update,
 so two sweeps at once are safe.
+
+Wake-ups are set-based: one UPDATE wakes up to WAKE_BATCH runs, the most overdue
+first, and a sweep takes batches until its budget is spent. On PostgreSQL a batch
+skips rows another transaction holds (two sweeps take disjoint batches) and gives
+up on any lock after DURABLE_MAINTENANCE_LOCK_TIMEOUT instead of waiting (runs.flow
+.maintenance); the next sweep retries it. Recoveries skip locked rows the same way.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from runs import dispatch
-from runs.models import ACTIVE_STATUSES, Run, SweepClock, WorkerProcess
+from runs.flow import maintenance
+from runs.models import ACTIVE_STATUSES, ARRIVALS, Run, WorkerProcess
 from steps.models import Branch, BranchStatus
 from steps.ratelimit import forget_old_grants
 
 log = logging.getLogger(__name__)
 
 BATCH = 500
+# Runs woken per statement, and how much of a sweep waking may take: at least one
+# batch per source, then more while batches come back full and the budget lasts.
+WAKE_BATCH = 1000
+WAKE_BATCHES_PER_SWEEP = 10
+WAKE_BUDGET = 0.25  # seconds; the sweep runs every DURABLE_SWEEP_INTERVAL (0.5 s)
+# SQLSTATEs of a lock_timeout and a statement_timeout: the batch is skipped, not failed.
+GAVE_UP = frozenset({"55P03", "57014"})
 
 
 @dataclass
@@ -42,17 +59,54 @@ class SweepReport:
         return any(vars(self).values())
 
 
+class Steadiness:
+    """Since when this process's sweeps have completed without a gap.
+
+    After a gap (a database outage, a paused process) nobody could beat either: the sweep
+    waits one lease timeout for the living to beat again before it calls anyone dead.
+    Kept per process: every worker's main process has one sweeper thread.
+    """
+
+    def __init__(self):
+        self.last_ok: float | None = None
+        self.since: float | None = None
+
+    @staticmethod
+    def gap() -> float:
+        return max(settings.DURABLE_LEASE_TIMEOUT, 3 * settings.DURABLE_SWEEP_INTERVAL)
+
+    def steady(self) -> bool:
+        now = time.monotonic()
+        return (
+            self.last_ok is not None
+            and now - self.last_ok <= self.gap()
+            and self.since is not None
+            and now - self.since >= self.gap()
+        )
+
+    def completed(self) -> None:
+        now = time.monotonic()
+        if self.last_ok is None or now - self.last_ok > self.gap():
+            self.since = now
+        self.last_ok = now
+
+
+steadiness = Steadiness()
+
+
 def sweep() -> SweepReport:
     report = SweepReport()
-    if SweepClock.steady():
+    if steadiness.steady():
         _recover_orphaned_runs(report)
         _recover_orphaned_branches(report)
     _sweep_runs(report)
     _sweep_branches(report)
     for workflow in Run.objects.queued_workflows():
-        report.admitted += Run.objects.admit(workflow)
+        admit = partial(Run.objects.admit, workflow)
+        report.admitted += _without_waiting(admit, f"admission of {workflow}")
     WorkerProcess.objects.filter(heartbeat_at__lt=timezone.now() - timedelta(days=1)).delete()
     forget_old_grants()
+    steadiness.completed()
     if report:
         log.info("sweep: %s", report)
     return report
@@ -90,33 +144,67 @@ def _recover_orphaned_branches(report: SweepReport) -> None:
 
 
 def _sweep_runs(report: SweepReport) -> None:
-    fields = ("pk", "lease_token", "queue", "workflow")
-    wakeable = [
-        Run.objects.due_to_wake(),
-        Run.objects.signalled_while_waiting(),
-        Run.objects.waiting_on_finished_children(),
-        Run.objects.waiting_on_finished_branches(),
-    ]
-    for candidates in wakeable:
-        for run in candidates.only(*fields)[:BATCH]:
-            report.woken += run.wake()
-    for run in Run.objects.unanswered().only(*fields, "dispatched_at", "updated_at")[:BATCH]:
-        report.redispatched += run.redispatch()
+    _wake_runs(report)
+    served = WorkerProcess.served_queues()
+    fields = ("pk", "lease_token", "queue", "workflow", "dispatched_at", "updated_at")
+    for run in Run.objects.unanswered().only(*fields)[:BATCH]:
+        if served is not None and run.queue not in served:
+            continue  # no live worker consumes it: another doorbell would only pile up there
+        report.redispatched += _without_waiting(run.redispatch, f"run {run.pk}")
+
+
+def _without_waiting(change: Callable[[], bool], what: str) -> bool:
+    """A conditional update that gives up, rather than waits, on a row another process holds."""
+    try:
+        with maintenance():
+            return change()
+    except DatabaseError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) not in GAVE_UP:
+            raise
+        log.info("sweep: %s is locked; the next sweep tries again", what)
+        return False
+
+
+def _wake_runs(report: SweepReport) -> None:
+    # Runs whose signal, child or branches arrived first: few, and waited on by
+    # someone; then the timed wake-ups, which may be a flood.
+    sources = [partial(Run.objects.wake_arrived, source) for source in ARRIVALS]
+    sources.append(lambda limit: Run.objects.due_to_wake().wake_batch(limit))
+    deadline = time.monotonic() + WAKE_BUDGET
+    batches = 0
+    for wake in sources:
+        while True:
+            woken = _wake_batch(wake)
+            report.woken += woken
+            batches += 1
+            out_of_budget = batches >= WAKE_BATCHES_PER_SWEEP or time.monotonic() >= deadline
+            if woken < WAKE_BATCH or out_of_budget:
+                break
+
+
+def _wake_batch(wake: Callable[[int], list[int]]) -> int:
+    try:
+        with maintenance():
+            return len(wake(WAKE_BATCH))
+    except DatabaseError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) not in GAVE_UP:
+            raise
+        log.info("sweep: a wake-up batch met a lock and was skipped; the next sweep retries it: %s", exc)
+        return 0
 
 
 def _sweep_branches(report: SweepReport) -> None:
-
     live = Branch.objects.live().filter(run__status__in=list(ACTIVE_STATUSES)).select_related("run")
     fields = ("pk", "run_id", "run__queue", "position", "lease_token", "dispatched_at")
     due = live.filter(status=BranchStatus.WAITING, wake_at__lte=timezone.now())
     for branch in due.only(*fields)[:BATCH]:
-        if branch.wake():
+        if _without_waiting(branch.wake, f"branch {branch.pk}"):
             report.branches_woken += 1
             _ring(branch)
     redispatch_cutoff = timezone.now() - timedelta(seconds=settings.DURABLE_REDISPATCH_AFTER)
     unanswered = live.filter(status=BranchStatus.PENDING, dispatched_at__lt=redispatch_cutoff)
     for branch in unanswered.only(*fields)[:BATCH]:
-        if branch.redispatch():
+        if _without_waiting(branch.redispatch, f"branch {branch.pk}"):
             report.redispatched += 1
             _ring(branch)
 

@@ -1,12 +1,11 @@
-from datetime import timedelta
+import time
 
 import pytest
-from django.utils import timezone
 
-from runs import dispatch, liveness
+from runs import dispatch, liveness, recovery
 from runs.engine import execute_run
 from runs.fanout import execute_branch
-from runs.models import SweepClock, WorkerProcess
+from runs.models import WorkerProcess
 from tests import workflows
 from tests.processes import Cluster
 
@@ -67,10 +66,8 @@ def lapse_leases():
     WorkerProcess.objects.all().delete()
     liveness._current.update(pid=None, name=None)
     # The sweep has been running steadily: it may call the silent dead at once.
-    now = timezone.now()
-    SweepClock.objects.update_or_create(
-        pk=1, defaults={"last_at": now, "steady_since": now - timedelta(hours=1)}
-    )
+    now = time.monotonic()
+    recovery.steadiness.last_ok, recovery.steadiness.since = now, now - 3600
 
 
 @pytest.fixture(autouse=True)

@@ -10,14 +10,6 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.CreateModel(
-            name='SweepClock',
-            fields=[
-                ('id', models.PositiveSmallIntegerField(default=1, primary_key=True, serialize=False)),
-                ('last_at', models.DateTimeField()),
-                ('steady_since', models.DateTimeField()),
-            ],
-        ),
         migrations.AddField(
             model_name='run',
             name='claims',

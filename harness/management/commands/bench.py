@@ -1,4 +1,4 @@
-"""python manage.py bench: throughput, recovery, memory, pages and storage, as ratios."""
+"""python manage.py bench: throughput, recovery, memory, pages, storage and wake-ups, as ratios."""
 
 import json
 from pathlib import Path
@@ -65,6 +65,9 @@ class Command(BaseCommand):
                 page_sizes=(1000,),
                 page_requests=5,
                 detail_steps=200,
+                waiting_runs=10_000,
+                one_by_one_wakeups=500,
+                doorbell_wakeups=2000,
             )
         if options["large"]:
             config.page_sizes = (10_000, 1_000_000)
