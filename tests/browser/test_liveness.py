@@ -6,7 +6,6 @@ import pytest
 from playwright.sync_api import expect
 
 from runs.models import Run, Status
-from tests.browser.conftest import screenshot
 from tests.browser.test_dashboard import accept_dialogs
 from tests.processes import Cluster, wait_for
 from tests.test_acceptance import step_counts
@@ -40,7 +39,6 @@ def test_terminate_a_hung_step_from_the_run_page_then_resume(operator_page, pref
     expect(page.locator("#run-status")).to_have_text("failed")
     assert dialogs and f"Terminate run #{run.pk}" in dialogs[0]
     expect(page.locator("#run-live")).to_contain_text("Terminated")
-    screenshot(page, "run-terminated")
     assert Run.objects.get(pk=run.pk).status == Status.FAILED
 
     page.get_by_role("button", name="Resume").click()
