@@ -40,6 +40,16 @@ class ProviderCallAdmin(admin.ModelAdmin):
     search_fields = ["workflow"]
     raw_id_fields = ["run"]
 
+    # What the provider billed: kept as recorded; billing retention removes old rows.
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
 
 admin.site.register(Note)
 admin.site.register(Notification)

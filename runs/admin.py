@@ -1,10 +1,11 @@
 """Django admin for runs, signals, the audit log and worker processes.
 
-The admin is a supported way to fix a stuck run. Its actions call the same Run
-operator methods as the dashboard; editing a run's state fields directly is
-allowed for the cases those methods do not cover, and is audited: every save
-writes an AuditEntry naming the changed fields with their old and new values.
-Saves are conditional on the run not having changed since the form was opened.
+The admin is a supported way to fix a stuck run, through the same state machine as
+everything else: its actions call the dashboard's Run operator methods, and a status
+change offers only the moves the transition table allows and goes through Run.set_state,
+which checks what the new status needs and audits every changed field with its old and
+new value. Saves are conditional on the run not having changed since the form was opened.
+Runs are never deleted here (retention does that); a deleted signal is audited.
 """
 
 from __future__ import annotations
@@ -16,32 +17,18 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import transaction
 from django.http import HttpResponseRedirect
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html
 
-from runs import dispatch, jsoninput
+from runs import jsoninput
 from runs.forms import parse_json
 from runs.jsoninput import JSONInputError
-from runs.models import AuditEntry, InvalidOperation, Run, Signal, Status, WorkerProcess
+from runs.models import TRANSITIONS, AuditEntry, InvalidOperation, Run, Signal, Status, WorkerProcess
 
-# Run fields an admin may edit to unstick a run; everything else is history.
-RUN_EDITABLE = (
-    "status",
-    "queue",
-    "wait_kind",
-    "wait_signal",
-    "wait_position",
-    "wake_at",
-    "lease_owner",
-    "lease_token",
-    "cancel_requested",
-    "recovery_count",
-    "dispatched_at",
-)
+# Run fields an admin may set to unstick a run, through Run.set_state; the rest is history.
+RUN_EDITABLE = ("status", "wait_kind", "wait_signal", "wait_position", "wake_at", "output", "error_message")
 
 
 def as_json(value: Any) -> Any:
@@ -126,7 +113,15 @@ class OperateActions:
         )
 
 
+class RunActionForm(admin.helpers.ActionForm):
+    """What some actions need besides the runs: a step position, a reason."""
+
+    position = forms.IntegerField(required=False, min_value=0, label="From step")
+    reason = forms.CharField(required=False, max_length=1000, label="Reason")
+
+
 class RunAdminForm(forms.ModelForm):
+    output = StrictJSONField(required=False, help_text="JSON; needed to mark a run succeeded.")
     audit_reason = forms.CharField(
         required=False,
         max_length=1000,
@@ -140,14 +135,18 @@ class RunAdminForm(forms.ModelForm):
         model = Run
         fields = RUN_EDITABLE
         help_texts = {
-            "status": "Editing the state directly bypasses the state machine; prefer the actions. "
-            "Setting a run to pending dispatches it again.",
+            "status": "Only the moves the state machine allows from the run's current status. Waiting "
+            "needs its wait; succeeded an output; failed an error message. Pending dispatches it again.",
         }
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.instance.pk and not self.is_bound:
-            self.fields["loaded_version"].initial = self.instance.updated_at.isoformat()
+        if self.instance.pk:
+            current = self.instance.status
+            allowed = [current, *sorted(TRANSITIONS[current])]
+            self.fields["status"].choices = [(value, Status(value).label) for value in allowed]
+            if not self.is_bound:
+                self.fields["loaded_version"].initial = self.instance.updated_at.isoformat()
 
     def clean(self):
         data = super().clean()
@@ -178,7 +177,8 @@ class RunAdmin(OperateActions, admin.ModelAdmin):
     list_display_links = ("id", "workflow")
     list_filter = ("status", "wait_kind", "cancel_requested", "created_at")
     search_fields = ("=id", "workflow", "=idempotency_key", "error_type")
-    actions = ("resume_runs", "cancel_runs", "terminate_runs")
+    actions = ("resume_runs", "retry_runs", "cancel_runs", "terminate_runs", "mark_failed_runs")
+    action_form = RunActionForm
     date_hierarchy = None
     show_full_result_count = False
     list_per_page = 50
@@ -207,27 +207,62 @@ class RunAdmin(OperateActions, admin.ModelAdmin):
         )
 
     def save_model(self, request, obj: Run, form, change: bool) -> None:
+        """Every change goes through Run.set_state; a refused one is a message, and nothing moves."""
         changed = [name for name in form.changed_data if name in RUN_EDITABLE]
+        request._durable_outcome = "unchanged"
         if not change or not changed:
             return
-        loaded = parse_datetime(form.cleaned_data.get("loaded_version") or "")
-        after = {name: form.cleaned_data[name] for name in changed}
-        with transaction.atomic():
-            before = Run.objects.filter(pk=obj.pk).values(*changed).first() or {}
-            fields = {**after, "updated_at": timezone.now()}
-            if after.get("status") == Status.PENDING:
-                fields["dispatched_at"] = timezone.now()
-            # Conditional on the version the form was opened at: a worker's write in between wins.
-            if not Run.objects.filter(pk=obj.pk, updated_at=loaded).update(**fields):
-                self.message_user(request, "The run changed meanwhile; nothing was saved.", messages.ERROR)
-                return
-            changes = {
-                name: {"before": as_json(before.get(name)), "after": as_json(after[name])} for name in changed
-            }
-            reason = form.cleaned_data.get("audit_reason", "")
-            AuditEntry.record(obj, "admin edit", request.user, reason=reason, details={"changed": changes})
-            if after.get("status") == Status.PENDING:
-                dispatch.ring_on_commit(obj)
+        data = form.cleaned_data
+        fields = {name: data.get(name) for name in RUN_EDITABLE if name != "status"}
+        run = Run.objects.get(pk=obj.pk)
+        try:
+            run.set_state(data["status"], by=request.user, reason=data.get("audit_reason", ""), **fields)
+        except (InvalidOperation, ValueError) as exc:
+            request._durable_outcome = str(exc)
+            return
+        request._durable_outcome = "saved"
+
+    def response_change(self, request, obj):
+        outcome = getattr(request, "_durable_outcome", "saved")
+        if outcome == "saved":
+            return super().response_change(request, obj)
+        if outcome == "unchanged":
+            self.message_user(request, "Nothing changed, so nothing was saved.", messages.INFO)
+        else:
+            self.message_user(request, f"Not saved: {outcome}", messages.ERROR)
+        return HttpResponseRedirect(request.path)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # history is never deleted by hand: retention (`runs prune`) does it
+
+    @admin.action(description="Retry selected runs from the step given below", permissions=["operate"])
+    def retry_runs(self, request, queryset):
+        position = request.POST.get("position", "")
+        if not position.isdigit():
+            self.message_user(request, "Give the step position to retry from.", messages.ERROR)
+            return
+        reason = request.POST.get("reason", "") or "admin action"
+        self._operate(
+            request,
+            queryset.order_by("pk"),
+            "Retrying",
+            lambda run: run.retry_from(int(position), by=request.user, reason=reason),
+        )
+
+    @admin.action(
+        description="Mark selected runs failed, with the reason given below", permissions=["operate"]
+    )
+    def mark_failed_runs(self, request, queryset):
+        reason = request.POST.get("reason", "").strip()
+        if not reason:
+            self.message_user(request, "Give the reason the runs failed.", messages.ERROR)
+            return
+        self._operate(
+            request,
+            queryset.order_by("pk"),
+            "Marked failed",
+            lambda run: run.mark_failed(request.user, reason),
+        )
 
 
 class SignalAdminForm(forms.ModelForm):
@@ -284,6 +319,20 @@ class SignalAdmin(admin.ModelAdmin):
         obj.pk = sent.pk
         obj.__dict__.update({k: v for k, v in sent.__dict__.items() if not k.startswith("_")})
 
+    def delete_model(self, request, obj: Signal) -> None:
+        self._audit_deletes(request, [obj])
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        self._audit_deletes(request, list(queryset))
+        super().delete_queryset(request, queryset)
+
+    @staticmethod
+    def _audit_deletes(request, signals) -> None:
+        for signal in signals:
+            details = {"signal_id": signal.pk, "name": signal.name, "payload": signal.payload}
+            AuditEntry.record(signal.run, "admin delete signal", request.user, details=details)
+
     def response_add(self, request, obj, post_url_continue=None):
         if obj.pk is None:  # refused: the message says why
             return HttpResponseRedirect(reverse("admin:runs_signal_changelist"))
@@ -317,4 +366,7 @@ class WorkerProcessAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False

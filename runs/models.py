@@ -43,8 +43,9 @@ ACTIVE_STATUSES = frozenset({Status.QUEUED, Status.PENDING, Status.RUNNING, Stat
 
 # Which status may follow which. Every update below asserts its move is listed.
 TRANSITIONS: dict[str, frozenset[str]] = {
-    Status.QUEUED: frozenset({Status.PENDING, Status.CANCELLED}),  # admitted when a slot frees
-    Status.PENDING: frozenset({Status.RUNNING, Status.CANCELLED}),
+    # Admitted when a slot frees; failed only when an operator marks it so (Run.set_state).
+    Status.QUEUED: frozenset({Status.PENDING, Status.CANCELLED, Status.FAILED}),
+    Status.PENDING: frozenset({Status.RUNNING, Status.CANCELLED, Status.FAILED}),
     Status.RUNNING: frozenset(
         {
             Status.WAITING,  # sleep, retry backoff, signal wait
@@ -56,7 +57,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
         }
     ),
     # Woken (QUEUED instead when its workflow has a concurrency limit).
-    Status.WAITING: frozenset({Status.PENDING, Status.QUEUED, Status.CANCELLED}),
+    Status.WAITING: frozenset({Status.PENDING, Status.QUEUED, Status.CANCELLED, Status.FAILED}),
     Status.SUCCEEDED: frozenset({Status.PENDING, Status.QUEUED}),  # retry from a step
     Status.FAILED: frozenset({Status.PENDING, Status.QUEUED}),  # resume, retry from a step, edit
     Status.DEAD: frozenset({Status.PENDING, Status.QUEUED}),  # resume, retry from a step, edit
@@ -133,6 +134,13 @@ MAX_REDISPATCH_GAP = 600
 
 def new_idempotency_key() -> str:
     return uuid.uuid4().hex
+
+
+def _jsonable(value: Any) -> Any:
+    """A field's value as an audit entry's details can hold it."""
+    from django.core.serializers.json import DjangoJSONEncoder
+
+    return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
 
 
 def actor_label(by) -> str:
@@ -1029,6 +1037,77 @@ class Run(models.Model):
             AuditEntry.record(self, "terminate", by, reason=reason, details={"holder": self.lease_owner})
         self.refresh_from_db()
         return "terminate requested"
+
+    def set_state(self, target: str, by=None, reason: str = "", **fields) -> dict:
+        """An operator moves a stuck run by hand (the admin), along the transition table.
+
+        Checks what the target needs: waiting needs its wait (a signal and its position, a
+        wake time for a sleep, retry or rate wait, a position for a child or branches);
+        succeeded needs an output and clears the error; failed needs an error message.
+        Leaving running drops the lease, so the worker's late writes are refused. Conditional
+        on the status the operator saw; returns each changed field's before and after.
+        """
+        current, now = self.status, timezone.now()
+        rewait = target == current == Status.WAITING  # a waiting run's wait edited in place
+        if not rewait and target not in TRANSITIONS[current]:
+            allowed = ", ".join(sorted(TRANSITIONS[current]))
+            raise InvalidOperation(f"A {current} run cannot become {target}; it can become: {allowed}.")
+        values: dict[str, Any] = {"status": target, "updated_at": now, "lease_owner": "", "lease_token": ""}
+        if target == Status.WAITING:
+            values.update(self._wait_fields(fields))
+        elif target == Status.SUCCEEDED:
+            if fields.get("output") is None:
+                raise InvalidOperation("A succeeded run needs an output (JSON).")
+            values.update(output=ensure_json(fields["output"], "the output"), finished_at=now)
+            values.update(error_type="", error_message="", error_traceback="", error_position=None)
+        elif target == Status.FAILED:
+            message = ensure_text((fields.get("error_message") or "").strip(), "error message")
+            if not message:
+                raise InvalidOperation("A failed run needs an error message saying why.")
+            values.update(error_type="MarkedFailed", error_message=message, finished_at=now)
+        elif target in (Status.CANCELLED, Status.DEAD):
+            values.update(finished_at=now)
+        else:  # back in line
+            values.update(finished_at=None, dispatched_at=now, wait_kind="", wait_signal="")
+            values.update(wait_position=None, wake_at=None)
+        with transaction.atomic():
+            before = Run.objects.filter(pk=self.pk).values(*values).first() or {}
+            if not Run.objects.filter(pk=self.pk, status=current).update(**values):
+                raise InvalidOperation(f"Run {self.pk} changed meanwhile; nothing was saved.")
+            changes = {
+                name: {"before": _jsonable(before.get(name)), "after": _jsonable(value)}
+                for name, value in values.items()
+                if name != "updated_at" and before.get(name) != value
+            }
+            AuditEntry.record(self, "set state", by, reason=reason, details={"changed": changes})
+            self.status = target
+            if target in (Status.PENDING, Status.QUEUED):
+                self.announce()
+            elif target in FINAL_STATUSES:
+                self.slot_freed()
+                self.notify_parent()
+        self.refresh_from_db()
+        return changes
+
+    @staticmethod
+    def _wait_fields(fields: dict) -> dict:
+        kind = fields.get("wait_kind") or ""
+        wait = {name: fields.get(name) for name in ("wait_signal", "wait_position", "wake_at")}
+        if kind == WaitKind.SIGNAL and not (wait["wait_signal"] and wait["wait_position"] is not None):
+            raise InvalidOperation("A run waiting for a signal needs the signal's name and its position.")
+        if kind in (WaitKind.SLEEP, WaitKind.RETRY, WaitKind.RATE) and wait["wake_at"] is None:
+            raise InvalidOperation(f"A run waiting for a {kind} needs its wake time.")
+        if kind in (WaitKind.CHILD, WaitKind.BRANCHES) and wait["wait_position"] is None:
+            raise InvalidOperation("A run waiting for a child or branches needs their position.")
+        if kind not in WaitKind.values or not kind:
+            raise InvalidOperation("A waiting run needs a wait kind.")
+        return {"wait_kind": kind, "wait_signal": wait["wait_signal"] or "", **wait, "finished_at": None}
+
+    def mark_failed(self, by=None, reason: str = "") -> None:
+        """End a run that is not running as failed, with the operator's reason as its error."""
+        if self.status == Status.RUNNING:
+            raise InvalidOperation(f"Run {self.pk} is running: terminate it to stop its step.")
+        self.set_state(Status.FAILED, by=by, reason=reason, error_message=reason or "marked failed")
 
     def send_signal(self, name: str, payload: Any = None, by=None, reason: str = "") -> Signal:
         """Deliver a named signal; a run that is not waiting for it yet keeps it for later."""

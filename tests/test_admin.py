@@ -1,5 +1,7 @@
 """The Django admin: lists, read-only history, actions through the model, audited edits."""
 
+import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -28,22 +30,16 @@ def change_data(run: Run, **changes) -> dict:
     """The run admin form as the browser would post it, with `changes` applied."""
     data = {
         "status": run.status,
-        "queue": run.queue,
         "wait_kind": run.wait_kind,
         "wait_signal": run.wait_signal,
         "wait_position": "" if run.wait_position is None else run.wait_position,
         "wake_at_0": "",
         "wake_at_1": "",
-        "lease_owner": run.lease_owner,
-        "lease_token": run.lease_token,
-        "recovery_count": run.recovery_count,
-        "dispatched_at_0": "",
-        "dispatched_at_1": "",
+        "output": "" if run.output is None else json.dumps(run.output),
+        "error_message": run.error_message,
         "audit_reason": "",
         "loaded_version": run.updated_at.isoformat(),
     }
-    if run.cancel_requested:
-        data["cancel_requested"] = "on"
     data.update(changes)
     return data
 
@@ -83,7 +79,7 @@ def test_the_run_page_links_to_the_dashboard_and_shows_history_read_only(admin_c
     html = admin_client.get(f"/admin/runs/run/{run.pk}/change/").content.decode()
     assert f'href="/runs/{run.pk}/"' in html
     assert 'name="status"' in html
-    assert 'name="error_message"' not in html  # history is read-only
+    assert 'name="error_traceback"' not in html  # history is read-only
     assert 'name="workflow"' not in html
     assert "bad value from the tool" in html
 
@@ -129,27 +125,109 @@ def test_actions_need_the_operate_permission(client):
     assert "resume_runs" in client.get("/admin/runs/run/").content.decode()
 
 
-def test_editing_stuck_state_is_audited_with_before_and_after(admin_client, admin_user):
-    run = make_run(Status.RUNNING, 2, lease_owner="dead-worker", lease_token="t0", recovery_count=3)
-    data = change_data(run, lease_owner="", lease_token="", recovery_count=0, audit_reason="worker host gone")
+def test_a_status_change_offers_only_the_moves_the_state_machine_allows(admin_client):
+    run = make_run(Status.SUCCEEDED, 2)
+    html = admin_client.get(f"/admin/runs/run/{run.pk}/change/").content.decode()
+    offered = set(re.findall(r'<option value="(\w+)"', html.split('name="status"')[1].split("</select>")[0]))
+    assert offered == {"succeeded", "pending", "queued"}
+    response = admin_client.post(f"/admin/runs/run/{run.pk}/change/", change_data(run, status="waiting"))
+    assert response.status_code == 200  # the form says the choice is not available
+    assert Run.objects.get(pk=run.pk).status == Status.SUCCEEDED
+    assert not AuditEntry.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"status": "waiting", "wait_kind": "signal"}, "needs the signal"),
+        ({"status": "waiting", "wait_kind": "sleep"}, "needs its wake time"),
+        ({"status": "succeeded"}, "needs an output"),
+        ({"status": "failed", "error_message": ""}, "needs an error message"),
+    ],
+    ids=["signal-wait", "sleep", "succeeded", "failed"],
+)
+def test_a_status_change_needs_what_its_target_needs(admin_client, changes, message):
+    run = make_run(Status.RUNNING, 1, lease_owner="w", lease_token="t")
+    response = admin_client.post(
+        f"/admin/runs/run/{run.pk}/change/", change_data(run, **changes), follow=True
+    )
+    assert message in response.content.decode()
+    assert Run.objects.get(pk=run.pk).status == Status.RUNNING
+    assert not AuditEntry.objects.exists()
+
+
+def test_marking_a_stuck_run_succeeded_clears_its_error_and_is_audited(admin_client, admin_user):
+    run = make_run(Status.RUNNING, 2, lease_owner="dead-worker", lease_token="t0", error_type="Boom")
+    data = change_data(run, status="succeeded", output='{"done": true}', audit_reason="finished by hand")
     response = admin_client.post(f"/admin/runs/run/{run.pk}/change/", data)
     assert response.status_code == 302, response.content.decode()[:2000]
     run.refresh_from_db()
-    assert (run.lease_owner, run.recovery_count) == ("", 0)
-    entry = AuditEntry.objects.get(run=run, action="admin edit")
+    assert (run.status, run.output, run.error_type, run.lease_token) == ("succeeded", {"done": True}, "", "")
+    entry = AuditEntry.objects.get(run=run, action="set state")
     assert entry.actor == admin_user
-    assert entry.reason == "worker host gone"
+    assert entry.reason == "finished by hand"
+    assert entry.details["changed"]["status"] == {"before": "running", "after": "succeeded"}
     assert entry.details["changed"]["lease_owner"] == {"before": "dead-worker", "after": ""}
-    assert entry.details["changed"]["recovery_count"] == {"before": 3, "after": 0}
-    assert set(entry.details["changed"]) == {"lease_owner", "lease_token", "recovery_count"}
+    assert entry.details["changed"]["output"] == {"before": None, "after": {"done": True}}
+
+
+def test_a_signal_wait_set_by_hand_wakes_on_its_signal(admin_client, doorbells):
+    run = make_run(Status.RUNNING, 1, lease_owner="gone", lease_token="t")
+    data = change_data(run, status="waiting", wait_kind="signal", wait_signal="approve", wait_position=1)
+    assert admin_client.post(f"/admin/runs/run/{run.pk}/change/", data).status_code == 302
+    run.refresh_from_db()
+    assert (run.status, run.wait_kind, run.wait_signal, run.wait_position) == (
+        "waiting",
+        "signal",
+        "approve",
+        1,
+    )
+
+
+def test_admin_actions_retry_from_a_step_and_mark_failed_with_a_reason(admin_client, doorbells):
+    done = make_run(Status.SUCCEEDED, 3)
+    waiting = make_waiting_run()
+    url = "/admin/runs/run/"
+    admin_client.post(
+        url, {"action": "retry_runs", "_selected_action": [done.pk], "position": "1", "reason": "again"}
+    )
+    done.refresh_from_db()
+    assert (done.status, done.epoch) == (Status.PENDING, 1)
+    assert AuditEntry.objects.get(run=done, action="retry").reason == "again"
+    admin_client.post(
+        url, {"action": "mark_failed_runs", "_selected_action": [waiting.pk], "reason": "no reply"}
+    )
+    waiting.refresh_from_db()
+    assert (waiting.status, waiting.error_type, waiting.error_message) == (
+        "failed",
+        "MarkedFailed",
+        "no reply",
+    )
+
+
+def test_runs_and_worker_rows_cannot_be_deleted_and_a_deleted_signal_is_audited(admin_client):
+    run = make_waiting_run()
+    assert admin_client.get(f"/admin/runs/run/{run.pk}/delete/").status_code == 403
+    WorkerProcess.beat("w:1:a", "w", 1)
+    assert admin_client.get("/admin/runs/workerprocess/w:1:a/delete/").status_code == 403
+    signal = Signal.objects.create(run=run, name="approve", payload={"ok": True})
+    admin_client.post(f"/admin/runs/signal/{signal.pk}/delete/", {"post": "yes"})
+    assert not Signal.objects.filter(pk=signal.pk).exists()
+    entry = AuditEntry.objects.get(action="admin delete signal")
+    assert (entry.run_id, entry.details["payload"]) == (run.pk, {"ok": True})
+
+
+def test_a_save_that_changes_nothing_says_so(admin_client):
+    run = make_failed_run()
+    response = admin_client.post(f"/admin/runs/run/{run.pk}/change/", change_data(run), follow=True)
+    assert "Nothing changed" in response.content.decode()
+    assert "was changed successfully" not in response.content.decode()
 
 
 def test_setting_a_run_to_pending_dispatches_it(admin_client, django_capture_on_commit_callbacks, doorbells):
     run = make_run(Status.RUNNING, 1, lease_owner="gone")
     with django_capture_on_commit_callbacks(execute=True):
-        admin_client.post(
-            f"/admin/runs/run/{run.pk}/change/", change_data(run, status="pending", lease_owner="")
-        )
+        admin_client.post(f"/admin/runs/run/{run.pk}/change/", change_data(run, status="pending"))
     run.refresh_from_db()
     assert run.status == Status.PENDING
     assert run.dispatched_at is not None
