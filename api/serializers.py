@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.validators import RegexValidator
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
@@ -34,11 +35,18 @@ def check_text(text: str) -> None:
         raise serializers.ValidationError(str(exc)) from None
 
 
+# Published as each text field's `pattern` too, so clients (and schemathesis) know that
+# NUL characters and lone surrogates are refused.
+STORABLE_TEXT = RegexValidator(
+    r"^[^\x00\ud800-\udfff]*\Z", "Text contains a character the database cannot store."
+)
+
+
 class Text(serializers.CharField):
     """A JSON string (not a number turned into one) that the database can store."""
 
     def __init__(self, **kwargs):
-        kwargs.setdefault("validators", []).append(check_text)
+        kwargs.setdefault("validators", []).extend([STORABLE_TEXT, check_text])
         super().__init__(**kwargs)
 
     def to_internal_value(self, data):
@@ -271,11 +279,6 @@ class RunFilterSerializer(serializers.Serializer):
 TYPED_FILTERS = ("started_after", "started_before", "before", "limit")
 
 
-queue_name = RegexValidator(
-    r"^[A-Za-z0-9_.:@-]+$", "A queue name is letters, digits and . _ - : @ only.", code="invalid_queue"
-)
-
-
 class StartRunSerializer(serializers.Serializer):
     workflow = serializers.ChoiceField(choices=[], help_text="A registered workflow's name.")
     input = AnyJSON(required=False, default=None, help_text="The run's input (any JSON).")
@@ -284,23 +287,29 @@ class StartRunSerializer(serializers.Serializer):
         required=False,
         help_text="Starting again with the same key returns the same run (200 instead of 201).",
     )
-    queue = Text(
-        max_length=100,
+    queue = serializers.ChoiceField(
+        choices=[],
         required=False,
         default="",
         allow_blank=True,
-        validators=[queue_name],
-        help_text="Celery queue; default: the workflow's queue, else the default queue.",
+        help_text="A queue workers consume (DURABLE_QUEUES); default: the workflow's queue, else the "
+        "default queue.",
     )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # Read at request time: the schema lists the workflows this deployment has.
+        # Read at request time: the schema lists the workflows and queues this deployment has.
         names = registry.names()
         field = self.fields["workflow"]
         field.choices = names
         known = ", ".join(names) or "none registered"
         field.error_messages["invalid_choice"] = f"No workflow named {{input!r}} (known: {known})"
+        queues = self.fields["queue"]
+        queues.choices = list(settings.DURABLE_QUEUES)
+        queues.error_messages["invalid_choice"] = (
+            f"No worker consumes queue {{input!r}}; the queues workers consume are "
+            f"{', '.join(settings.DURABLE_QUEUES)} (the DURABLE_QUEUES setting)."
+        )
 
 
 class ReasonSerializer(serializers.Serializer):

@@ -352,3 +352,18 @@ def test_the_audit_log_is_read_only(admin_client):
     assert admin_client.post(f"/admin/runs/auditentry/{entry.pk}/change/", {"reason": "x"}).status_code == 403
     assert admin_client.get(f"/admin/runs/auditentry/{entry.pk}/delete/").status_code == 403
     assert AuditEntry.objects.get(pk=entry.pk).reason == "why"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 1000 + "]" * 1000, '{"a": NaN}', "[1,", '"' + "x" * 2_000_000 + '"', '"\\u0000"'],
+    ids=["deep", "nan", "truncated", "huge", "nul"],
+)
+def test_hostile_output_in_the_run_form_is_refused_in_place(admin_client, text):
+    run = make_run(Status.RUNNING, 1, lease_owner="w", lease_token="t")
+    response = admin_client.post(
+        f"/admin/runs/run/{run.pk}/change/", change_data(run, status="succeeded", output=text), follow=True
+    )
+    assert response.status_code == 200
+    assert Run.objects.get(pk=run.pk).status == Status.RUNNING
+    assert not AuditEntry.objects.exists()

@@ -54,8 +54,9 @@ def executing_pids(run: Run) -> set[int]:
 
 @pytest.mark.acceptance
 @pytest.mark.django_db(transaction=True)
-def test_it_routes_runs_by_queue_to_the_worker_listening_on_it(tmp_path):
+def test_it_routes_runs_by_queue_to_the_worker_listening_on_it(tmp_path, settings):
     create_ledger()
+    settings.DURABLE_QUEUES = [*settings.DURABLE_QUEUES, ROUTED_QUEUE]
     cluster = Cluster(
         tmp_path,
         DURABLE_WORKFLOW_MODULES="tests.workflows,tests.test_deploy",
