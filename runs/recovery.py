@@ -60,14 +60,16 @@ class SweepReport:
 
 
 class Steadiness:
-    """Since when this process's sweeps have completed without a gap.
+    """Whether this process's sweeps have come without a gap for a lease timeout.
 
-    After a gap (a database outage, a paused process) nobody could beat either: the sweep
-    waits one lease timeout for the living to beat again before it calls anyone dead.
-    Kept per process: every worker's main process has one sweeper thread.
+    After a gap (a sweep that failed: a database outage, or a paused process) nobody could
+    beat either: the sweep waits one lease timeout for the living to beat again before it
+    calls anyone dead. A process that has not swept yet has seen no gap. Kept per process:
+    every worker's main process has one sweeper thread.
     """
 
     def __init__(self):
+        self.fresh = True
         self.last_ok: float | None = None
         self.since: float | None = None
 
@@ -76,6 +78,8 @@ class Steadiness:
         return max(settings.DURABLE_LEASE_TIMEOUT, 3 * settings.DURABLE_SWEEP_INTERVAL)
 
     def steady(self) -> bool:
+        if self.fresh:
+            return True
         now = time.monotonic()
         return (
             self.last_ok is not None
@@ -86,15 +90,33 @@ class Steadiness:
 
     def completed(self) -> None:
         now = time.monotonic()
-        if self.last_ok is None or now - self.last_ok > self.gap():
+        if self.fresh:
+            self.since, self.fresh = now - self.gap(), False
+        elif self.last_ok is None or now - self.last_ok > self.gap():
             self.since = now
         self.last_ok = now
+
+    def broken(self) -> None:
+        """A sweep failed: whatever comes next comes after a gap."""
+        self.fresh, self.last_ok = False, None
 
 
 steadiness = Steadiness()
 
 
 def sweep() -> SweepReport:
+    try:
+        report = _sweep()
+    except BaseException:
+        steadiness.broken()
+        raise
+    steadiness.completed()
+    if report:
+        log.info("sweep: %s", report)
+    return report
+
+
+def _sweep() -> SweepReport:
     report = SweepReport()
     if steadiness.steady():
         _recover_orphaned_runs(report)
@@ -106,9 +128,6 @@ def sweep() -> SweepReport:
         report.admitted += _without_waiting(admit, f"admission of {workflow}")
     WorkerProcess.objects.filter(heartbeat_at__lt=timezone.now() - timedelta(days=1)).delete()
     forget_old_grants()
-    steadiness.completed()
-    if report:
-        log.info("sweep: %s", report)
     return report
 
 

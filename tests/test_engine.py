@@ -646,3 +646,27 @@ def test_each_claim_takes_its_own_token_not_the_message_id(doorbells, monkeypatc
     # The same message delivered again claims nothing, and the live claim keeps its token.
     assert execute.apply(args=(run.pk,), task_id="message-1").get() == "skipped"
     assert Run.objects.get(pk=run.pk).lease_token == "claim-2"
+
+
+def test_after_a_failed_sweep_the_next_ones_wait_a_lease_before_calling_anyone_dead(monkeypatch, settings):
+    from runs import recovery
+
+    settings.DURABLE_LEASE_TIMEOUT, settings.DURABLE_SWEEP_INTERVAL = 2.0, 0.5
+    clock = {"now": 100.0}
+    monkeypatch.setattr(recovery.time, "monotonic", lambda: clock["now"])
+    steadiness = recovery.Steadiness()
+    assert steadiness.steady()  # a process that has not swept yet has seen no gap
+    steadiness.completed()
+    clock["now"] += 0.5
+    assert steadiness.steady()
+
+    steadiness.broken()  # the database failed a sweep
+    clock["now"] += 5
+    assert not steadiness.steady()
+    steadiness.completed()
+    for _ in range(3):  # sweeping again, but not yet for a lease timeout
+        clock["now"] += 0.5
+        assert not steadiness.steady()
+        steadiness.completed()
+    clock["now"] += 0.5
+    assert steadiness.steady()
