@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
+from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
@@ -102,6 +103,8 @@ class Steadiness:
 
 
 steadiness = Steadiness()
+sweeps = 0  # in this process
+TIDY_EVERY = 20  # sweeps between two rounds of housekeeping
 
 
 def sweep() -> SweepReport:
@@ -126,8 +129,11 @@ def _sweep() -> SweepReport:
     for workflow in Run.objects.queued_workflows():
         admit = partial(Run.objects.admit, workflow)
         report.admitted += _without_waiting(admit, f"admission of {workflow}")
-    WorkerProcess.objects.filter(heartbeat_at__lt=timezone.now() - timedelta(days=1)).delete()
-    forget_old_grants()
+    global sweeps
+    sweeps += 1
+    if sweeps % TIDY_EVERY == 1:  # housekeeping: a day-old worker row, old rate-limit grants
+        WorkerProcess.objects.filter(heartbeat_at__lt=timezone.now() - timedelta(days=1)).delete()
+        forget_old_grants()
     return report
 
 
@@ -164,9 +170,10 @@ def _recover_orphaned_branches(report: SweepReport) -> None:
 
 def _sweep_runs(report: SweepReport) -> None:
     _wake_runs(report)
-    served = WorkerProcess.served_queues()
     fields = ("pk", "lease_token", "queue", "workflow", "dispatched_at", "updated_at")
-    for run in Run.objects.unanswered().only(*fields)[:BATCH]:
+    unanswered = list(Run.objects.unanswered().only(*fields)[:BATCH])
+    served = WorkerProcess.served_queues() if unanswered else None
+    for run in unanswered:
         if served is not None and run.queue not in served:
             continue  # no live worker consumes it: another doorbell would only pile up there
         report.redispatched += _without_waiting(run.redispatch, f"run {run.pk}")
@@ -186,30 +193,34 @@ def _without_waiting(change: Callable[[], bool], what: str) -> bool:
 
 def _wake_runs(report: SweepReport) -> None:
     # Runs whose signal, child or branches arrived first: few, and waited on by
-    # someone; then the timed wake-ups, which may be a flood.
+    # someone; then the timed wake-ups, which may be a flood. The first batch of every
+    # source shares one transaction (a sweep with nothing due costs one round of them);
+    # a source whose batch came back full goes on in batches of its own.
     sources = [partial(Run.objects.wake_arrived, source) for source in ARRIVALS]
     sources.append(lambda limit: Run.objects.due_to_wake().wake_batch(limit))
     deadline = time.monotonic() + WAKE_BUDGET
-    batches = 0
-    for wake in sources:
-        while True:
-            woken = _wake_batch(wake)
+    firsts = _wake_batch(lambda: [len(wake(WAKE_BATCH)) for wake in sources])
+    if firsts is None:  # one source met a lock: give the others their own transactions
+        firsts = [_wake_batch(lambda wake=wake: len(wake(WAKE_BATCH))) or 0 for wake in sources]
+    report.woken += sum(firsts)
+    batches = len(sources)
+    for wake, first in zip(sources, firsts, strict=True):
+        woken = first
+        while woken == WAKE_BATCH and batches < WAKE_BATCHES_PER_SWEEP and time.monotonic() < deadline:
+            woken = _wake_batch(lambda wake=wake: len(wake(WAKE_BATCH))) or 0
             report.woken += woken
             batches += 1
-            out_of_budget = batches >= WAKE_BATCHES_PER_SWEEP or time.monotonic() >= deadline
-            if woken < WAKE_BATCH or out_of_budget:
-                break
 
 
-def _wake_batch(wake: Callable[[int], list[int]]) -> int:
+def _wake_batch(wake: Callable[[], Any]) -> Any:
     try:
         with maintenance():
-            return len(wake(WAKE_BATCH))
+            return wake()
     except DatabaseError as exc:
         if getattr(exc.__cause__, "sqlstate", None) not in GAVE_UP:
             raise
         log.info("sweep: a wake-up batch met a lock and was skipped; the next sweep retries it: %s", exc)
-        return 0
+        return None
 
 
 def _sweep_branches(report: SweepReport) -> None:
