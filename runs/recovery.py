@@ -128,7 +128,7 @@ def _sweep() -> SweepReport:
     _sweep_branches(report)
     for workflow in Run.objects.queued_workflows():
         admit = partial(Run.objects.admit, workflow)
-        report.admitted += _without_waiting(admit, f"admission of {workflow}")
+        report.admitted += _without_waiting(admit, f"admission of {workflow}") or 0
     global sweeps
     sweeps += 1
     if sweeps % TIDY_EVERY == 1:  # housekeeping: a day-old worker row, old rate-limit grants
@@ -176,19 +176,22 @@ def _sweep_runs(report: SweepReport) -> None:
     for run in unanswered:
         if served is not None and run.queue not in served:
             continue  # no live worker consumes it: another doorbell would only pile up there
-        report.redispatched += _without_waiting(run.redispatch, f"run {run.pk}")
+        report.redispatched += bool(_without_waiting(run.redispatch, f"run {run.pk}"))
 
 
-def _without_waiting(change: Callable[[], bool], what: str) -> bool:
-    """A conditional update that gives up, rather than waits, on a row another process holds."""
+def _without_waiting(change: Callable[[], Any], what: str) -> Any:
+    """Make a change in a maintenance transaction; None if it met a lock and gave up.
+
+    The lock's holder may be frozen: the next sweep tries again instead of queueing.
+    """
     try:
         with maintenance():
             return change()
     except DatabaseError as exc:
         if getattr(exc.__cause__, "sqlstate", None) not in GAVE_UP:
             raise
-        log.info("sweep: %s is locked; the next sweep tries again", what)
-        return False
+        log.info("sweep: %s met a lock and was skipped; the next sweep tries again", what)
+        return None
 
 
 def _wake_runs(report: SweepReport) -> None:
@@ -199,28 +202,19 @@ def _wake_runs(report: SweepReport) -> None:
     sources = [partial(Run.objects.wake_arrived, source) for source in ARRIVALS]
     sources.append(lambda limit: Run.objects.due_to_wake().wake_batch(limit))
     deadline = time.monotonic() + WAKE_BUDGET
-    firsts = _wake_batch(lambda: [len(wake(WAKE_BATCH)) for wake in sources])
+    firsts = _without_waiting(lambda: [len(wake(WAKE_BATCH)) for wake in sources], "a wake-up batch")
     if firsts is None:  # one source met a lock: give the others their own transactions
-        firsts = [_wake_batch(lambda wake=wake: len(wake(WAKE_BATCH))) or 0 for wake in sources]
+        firsts = [
+            _without_waiting(lambda w=wake: len(w(WAKE_BATCH)), "a wake-up batch") or 0 for wake in sources
+        ]
     report.woken += sum(firsts)
     batches = len(sources)
     for wake, first in zip(sources, firsts, strict=True):
         woken = first
         while woken == WAKE_BATCH and batches < WAKE_BATCHES_PER_SWEEP and time.monotonic() < deadline:
-            woken = _wake_batch(lambda wake=wake: len(wake(WAKE_BATCH))) or 0
+            woken = _without_waiting(lambda w=wake: len(w(WAKE_BATCH)), "a wake-up batch") or 0
             report.woken += woken
             batches += 1
-
-
-def _wake_batch(wake: Callable[[], Any]) -> Any:
-    try:
-        with maintenance():
-            return wake()
-    except DatabaseError as exc:
-        if getattr(exc.__cause__, "sqlstate", None) not in GAVE_UP:
-            raise
-        log.info("sweep: a wake-up batch met a lock and was skipped; the next sweep retries it: %s", exc)
-        return None
 
 
 def _sweep_branches(report: SweepReport) -> None:
