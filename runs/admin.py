@@ -17,6 +17,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
 from django.http import HttpResponseRedirect
 from django.urls import reverse
 from django.utils.dateparse import parse_datetime
@@ -68,6 +69,61 @@ class StrictJSONField(forms.JSONField):
             return super().has_changed(initial, data)
         except (RecursionError, ValueError, TypeError):
             return True  # a value too deep to compare is not the one submitted
+
+
+SHOWN = "_shown"  # suffix of the read-only display of a JSON field
+SHOWN_CAP = 20_000  # characters of a read-only JSON value shown on an admin page
+
+
+class SafeJSONReadonly:
+    """Read-only JSON fields are shown through runs.jsoninput: a stored value too deep or too
+    large to format (a row older than today's limits) is shown raw, escaped and capped. Django's
+    own display json.dumps it, and a RecursionError there would make the page a 500."""
+
+    def _json_names(self) -> set[str]:
+        return {f.name for f in self.model._meta.concrete_fields if isinstance(f, models.JSONField)}
+
+    # Admins that choose their fields per object override these two, not Django's getters.
+    def readonly_names(self, request, obj=None):
+        return super().get_readonly_fields(request, obj)
+
+    def field_names(self, request, obj=None):
+        return super().get_fields(request, obj)
+
+    def _readonly_json(self, request, obj) -> set[str]:
+        if not self.has_change_permission(request, obj):  # a view-only page: every field
+            return self._json_names()
+        return set(self.readonly_names(request, obj)) & self._json_names()
+
+    def _shown(self, request, obj, names) -> list[str]:
+        json_names = self._readonly_json(request, obj)
+        return [f"{name}{SHOWN}" if name in json_names else name for name in names]
+
+    def get_readonly_fields(self, request, obj=None):
+        return self._shown(request, obj, self.readonly_names(request, obj))
+
+    def get_fields(self, request, obj=None):
+        return self._shown(request, obj, self.field_names(request, obj))
+
+    def get_form(self, request, obj=None, **kwargs):
+        # The fields shown read-only stay out of the form under their own names too.
+        hidden = [
+            *(self.exclude or ()),
+            *self.get_readonly_fields(request, obj),
+            *self._readonly_json(request, obj),
+        ]
+        return super().get_form(request, obj, **{**kwargs, "exclude": hidden})
+
+    def __getattr__(self, name: str):
+        field = name.removesuffix(SHOWN)
+        if name.endswith(SHOWN) and field in self._json_names():
+
+            def show(obj):
+                return format_html("<pre>{}</pre>", jsoninput.pretty(getattr(obj, field), cap=SHOWN_CAP))
+
+            show.short_description = field.replace("_", " ")
+            return show
+        raise AttributeError(name)
 
 
 class OperateActions:
@@ -161,7 +217,7 @@ class RunAdminForm(forms.ModelForm):
 
 
 @admin.register(Run)
-class RunAdmin(OperateActions, admin.ModelAdmin):
+class RunAdmin(SafeJSONReadonly, OperateActions, admin.ModelAdmin):
     form = RunAdminForm
     list_display = (
         "id",
@@ -183,7 +239,7 @@ class RunAdmin(OperateActions, admin.ModelAdmin):
     show_full_result_count = False
     list_per_page = 50
 
-    def get_readonly_fields(self, request, obj=None):
+    def readonly_names(self, request, obj=None):
         history = [f.name for f in Run._meta.concrete_fields if f.name not in RUN_EDITABLE and f.name != "id"]
         return ["dashboard", *history]
 
@@ -284,7 +340,7 @@ class SignalAdminForm(forms.ModelForm):
 
 
 @admin.register(Signal)
-class SignalAdmin(admin.ModelAdmin):
+class SignalAdmin(SafeJSONReadonly, admin.ModelAdmin):
     form = SignalAdminForm
     list_display = ("id", "run", "name", "sent_by", "created_at", "consumed_at", "consumed_position")
     list_filter = (("consumed_at", admin.EmptyFieldListFilter), "created_at")
@@ -292,13 +348,13 @@ class SignalAdmin(admin.ModelAdmin):
     raw_id_fields = ("run",)
     show_full_result_count = False
 
-    def get_fields(self, request, obj=None):
+    def field_names(self, request, obj=None):
         if obj is None:
             return ("run", "name", "payload", "audit_reason")
         return ("run", "name", "payload", "sent_by", "created_at", "consumed_at", "consumed_position")
 
-    def get_readonly_fields(self, request, obj=None):
-        return () if obj is None else self.get_fields(request, obj)
+    def readonly_names(self, request, obj=None):
+        return () if obj is None else self.field_names(request, obj)
 
     def has_add_permission(self, request) -> bool:
         return request.user.has_perm("runs.operate")
@@ -340,7 +396,7 @@ class SignalAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
+class AuditEntryAdmin(SafeJSONReadonly, admin.ModelAdmin):
     list_display = ("created_at", "actor_name", "action", "run", "reason")
     list_filter = ("action", "created_at")
     search_fields = ("=run__id", "actor_name", "action", "reason")

@@ -19,6 +19,7 @@ import json
 import math
 import re
 import reprlib
+import threading
 from collections.abc import Callable
 from itertools import accumulate
 from typing import Any
@@ -202,3 +203,31 @@ def flat(value: Any, cap: int | None = None, default: Callable[[Any], Any] | Non
         pending = True
     text = "".join(parts)
     return text if cap is None else text[:cap]
+
+
+class StoredJSONDecoder(json.JSONDecoder):
+    """Reads stored JSON however deep the reader's own stack already is.
+
+    Python's decoder recurses once per nesting level and counts against the interpreter's
+    recursion limit, so a value nested several hundred levels deep (a row stored before the
+    depth limit) fails to load deep inside a page's rendering. Such a value is decoded again
+    in a fresh thread, whose stack starts empty; if even that fails, the stored text itself
+    is returned, so showing a row never fails."""
+
+    def decode(self, s, *args, **kwargs):
+        try:
+            return super().decode(s, *args, **kwargs)
+        except RecursionError:
+            pass
+        outcome: dict[str, Any] = {"value": s}
+
+        def decode_afresh():
+            try:
+                outcome["value"] = json.JSONDecoder.decode(self, s)
+            except RecursionError:
+                pass  # deeper than any stack: keep the text
+
+        thread = threading.Thread(target=decode_afresh, name="json-decode")
+        thread.start()
+        thread.join()
+        return outcome["value"]

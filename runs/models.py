@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from runs import dispatch
 from runs.flow import concurrency_limit, entry_status, lock, maintenance, skip_locked
-from runs.jsoninput import JSONInputError, max_depth, text_depth, too_deep_message
+from runs.jsoninput import JSONInputError, StoredJSONDecoder, max_depth, text_depth, too_deep_message
 from runs.workflow import MAX_NAME
 from steps.models import Attempt, Branch, BranchStatus, Checkpoint, CheckpointStatus
 
@@ -341,8 +341,8 @@ class WaitKind(models.TextChoices):
 
 class Run(models.Model):
     workflow = models.CharField(max_length=200)
-    input = models.JSONField(null=True, blank=True)
-    output = models.JSONField(null=True, blank=True)
+    input = models.JSONField(null=True, blank=True, decoder=StoredJSONDecoder)
+    output = models.JSONField(null=True, blank=True, decoder=StoredJSONDecoder)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     queue = models.CharField(max_length=100, default="durable")
     # Base of every step's idempotency key; never changes for the life of the run.
@@ -1481,7 +1481,7 @@ class Signal(models.Model):
 
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="signals")
     name = models.CharField(max_length=200)
-    payload = models.JSONField(null=True, blank=True)
+    payload = models.JSONField(null=True, blank=True, decoder=StoredJSONDecoder)
     sent_by = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     consumed_at = models.DateTimeField(null=True, blank=True)
@@ -1521,7 +1521,7 @@ class AuditEntry(models.Model):
     actor_name = models.CharField(max_length=200)
     action = models.CharField(max_length=50)
     reason = models.TextField(blank=True)
-    details = models.JSONField(default=dict, blank=True)
+    details = models.JSONField(default=dict, blank=True, decoder=StoredJSONDecoder)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

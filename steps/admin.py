@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 from django.urls import reverse
 from django.utils.html import format_html
 
-from runs.admin import StrictJSONField
+from runs.admin import SafeJSONReadonly, StrictJSONField
 from runs.models import InvalidOperation
 from steps.models import Attempt, Branch, Checkpoint
 
@@ -62,7 +62,7 @@ class CheckpointAdminForm(forms.ModelForm):
 
 
 @admin.register(Checkpoint)
-class CheckpointAdmin(RunLink, admin.ModelAdmin):
+class CheckpointAdmin(SafeJSONReadonly, RunLink, admin.ModelAdmin):
     form = CheckpointAdminForm
     list_display = (
         "id",
@@ -103,12 +103,12 @@ class CheckpointAdmin(RunLink, admin.ModelAdmin):
     def editable(self, request, obj) -> bool:
         return bool(obj and obj.is_live and obj.run.can_edit and request.user.has_perm("runs.operate"))
 
-    def get_fields(self, request, obj=None):
+    def field_names(self, request, obj=None):
         if self.editable(request, obj):
             return ("output", "audit_reason", *self.history)
         return ("output", *self.history)
 
-    def get_readonly_fields(self, request, obj=None):
+    def readonly_names(self, request, obj=None):
         if self.editable(request, obj):
             return self.history
         return ("output", *self.history)
@@ -147,7 +147,7 @@ class ReadOnlyHistory:
 
 
 @admin.register(Attempt)
-class AttemptAdmin(ReadOnlyHistory, RunLink, admin.ModelAdmin):
+class AttemptAdmin(SafeJSONReadonly, ReadOnlyHistory, RunLink, admin.ModelAdmin):
     list_display = ("id", "run_link", "position", "name", "number", "error_type", "finished_at", "live")
     list_filter = (LiveListFilter, "finished_at")
     search_fields = ("=run__id", "name", "error_type")
@@ -156,7 +156,7 @@ class AttemptAdmin(ReadOnlyHistory, RunLink, admin.ModelAdmin):
 
 
 @admin.register(Branch)
-class BranchAdmin(ReadOnlyHistory, RunLink, admin.ModelAdmin):
+class BranchAdmin(SafeJSONReadonly, ReadOnlyHistory, RunLink, admin.ModelAdmin):
     """Calls of parallel groups; the engine owns their state, so the admin only shows them."""
 
     list_display = (

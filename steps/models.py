@@ -11,6 +11,8 @@ from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from runs.jsoninput import StoredJSONDecoder
+
 
 class CheckpointStatus(models.TextChoices):
     SUCCEEDED = "succeeded", "succeeded"  # the step returned; output holds its value
@@ -34,7 +36,7 @@ class Checkpoint(models.Model):
     position = models.PositiveIntegerField()
     name = models.CharField(max_length=200)
     status = models.CharField(max_length=10, choices=CheckpointStatus.choices)
-    output = models.JSONField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True, decoder=StoredJSONDecoder)
     error_type = models.CharField(max_length=200, blank=True)
     error_message = models.TextField(blank=True)
     error_traceback = models.TextField(blank=True)
@@ -49,7 +51,7 @@ class Checkpoint(models.Model):
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="edits"
     )
     # Free-form facts about the call (LLM tokens, cost, model...), shown on the run page.
-    meta = models.JSONField(null=True, blank=True)
+    meta = models.JSONField(null=True, blank=True, decoder=StoredJSONDecoder)
 
     objects = CheckpointQuerySet.as_manager()
 
@@ -161,10 +163,10 @@ class Branch(models.Model):
     name = models.CharField(max_length=200)
     # Where the step function lives ("module:qualname"), so any worker can import it.
     target = models.CharField(max_length=300)
-    args = models.JSONField(default=list)
-    kwargs = models.JSONField(default=dict)
+    args = models.JSONField(default=list, decoder=StoredJSONDecoder)
+    kwargs = models.JSONField(default=dict, decoder=StoredJSONDecoder)
     status = models.CharField(max_length=10, choices=BranchStatus.choices, default=BranchStatus.PENDING)
-    output = models.JSONField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True, decoder=StoredJSONDecoder)
     error_type = models.CharField(max_length=200, blank=True)
     error_message = models.TextField(blank=True)
     error_traceback = models.TextField(blank=True)
@@ -178,7 +180,7 @@ class Branch(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     superseded_at = models.DateTimeField(null=True, blank=True)
     recovery_count = models.PositiveIntegerField(default=0)
-    meta = models.JSONField(null=True, blank=True)
+    meta = models.JSONField(null=True, blank=True, decoder=StoredJSONDecoder)
 
     objects = BranchQuerySet.as_manager()
 

@@ -441,3 +441,32 @@ def test_a_stored_value_too_deep_to_format_never_breaks_a_page(runs, operator_cl
     out = io.StringIO()
     call_command("runs", "export", str(run.pk), stdout=out)
     call_command("runs", "show", str(run.pk), stdout=out)
+
+
+def test_a_stored_value_too_deep_to_format_never_breaks_an_admin_page(runs, client):
+    from django.contrib.auth.models import User
+
+    from runs.models import AuditEntry, Signal
+
+    client.force_login(User.objects.create_superuser("root", password="x" * 20))
+    run = runs["waiting"]
+    signal = run.send_signal("other", {"fine": True}, by="test")
+    step = Checkpoint.objects.filter(run=run).first()
+    entry = AuditEntry.objects.filter(run=run).first()
+    store_raw("runs_run", "input", DEEP, id=run.pk)
+    store_raw("steps_checkpoint", "meta", DEEP, id=step.pk)
+    store_raw("runs_auditentry", "details", DEEP, id=entry.pk)
+    store_raw("runs_signal", "payload", DEEP, id=signal.pk)
+    for url in [
+        f"/admin/runs/run/{run.pk}/change/",
+        f"/admin/steps/checkpoint/{step.pk}/change/",
+        f"/admin/runs/auditentry/{entry.pk}/change/",
+        f"/admin/runs/signal/{signal.pk}/change/",
+    ]:
+        response = client.get(url)
+        assert response.status_code == 200, url
+    assert Signal.objects.filter(pk=signal.pk).exists()
+    assert client.get("/admin/runs/signal/").status_code == 200
+    assert client.get("/admin/runs/auditentry/").status_code == 200
+    page = client.get(f"/admin/runs/run/{run.pk}/change/").content.decode()
+    assert "[[[[" in page  # shown raw, escaped, capped
