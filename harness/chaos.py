@@ -182,15 +182,20 @@ def missed(plan: list[Fault]) -> list[str]:
 def unexplained_executions(calls: list[tuple[int, float]], faults: list[Fault]) -> int:
     """How many of a step's executions (pid, started_at), in order, were repeated with no fault to explain it.
 
-    An execution may be repeated when a kill or a freeze struck its process after it
+    An execution may be repeated when a kill or a freeze struck its process, or the
+    database restarted (every process loses its connection: the step's own database call,
+    or the write of its checkpoint, fails and the step is attempted again), after it
     started and before the next execution began; the last execution is the one that counted.
     """
     struck = [
         fault for fault in faults if fault.at is not None and fault.kind in ("worker", "child", "freeze")
     ]
+    restarts = [fault for fault in faults if fault.at is not None and fault.kind == "db-restart"]
     unexplained = 0
     for (pid, started), (_, following) in pairwise(calls):
-        if not any(pid in fault.pids and started < fault.at <= following for fault in struck):
+        killed = any(pid in fault.pids and started < fault.at <= following for fault in struck)
+        restarted = any(started < fault.at <= following for fault in restarts)
+        if not (killed or restarted):
             unexplained += 1
     return unexplained
 
@@ -604,7 +609,8 @@ class ChaosRun:
             unexplained = unexplained_executions(calls, self.plan)
             if unexplained:
                 report.cpu_reexecuted.append(
-                    f"run {run_id}: {len(calls)} executions, {unexplained} repeated with no kill or freeze"
+                    f"run {run_id}: {len(calls)} executions, "
+                    f"{unexplained} repeated with no kill, freeze or restart"
                 )
         report.cpu_gil_held = sorted(
             checkpoint.meta["gil_held"]

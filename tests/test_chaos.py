@@ -88,7 +88,7 @@ def test_it_counts_a_freeze_that_held_no_run_or_a_failed_restart_as_not_happened
     ]
 
 
-def test_it_excuses_a_repeated_step_only_when_a_kill_or_freeze_hit_it():
+def test_it_excuses_a_repeated_step_only_when_a_kill_freeze_or_restart_hit_it():
     kill = Fault("child", 0.3, at=105.0, pids=[11])
     wipe = Fault("wipe", 0.25, at=112.0, pids=[])
 
@@ -99,6 +99,10 @@ def test_it_excuses_a_repeated_step_only_when_a_kill_or_freeze_hit_it():
     assert unexplained_executions(calls[:2], [kill]) == 0
     assert unexplained_executions([(11, 100.0)], []) == 0
     assert unexplained_executions([(11, 106.0), (12, 110.0)], [kill]) == 1, "the kill came before it"
+    # A database restart strikes every process: a step running through it may run again.
+    restart = Fault("db-restart", 0.35, at=111.0, pids=[])
+    assert unexplained_executions(calls, [kill, restart]) == 0
+    assert unexplained_executions([(12, 112.0), (13, 115.0)], [restart]) == 1, "the restart came before it"
 
 
 def test_it_fails_the_verdict_when_the_cpu_bound_step_was_repeated():
