@@ -468,3 +468,19 @@ def napper(ctx, data):
 @workflow("naps")
 def naps(ctx, data):
     return [ctx.step(nap, data["pause"]) for _ in range(data["steps"])]
+
+
+@step
+def die_mid_step() -> None:
+    """Kills its own process, as an out-of-memory kill would: every attempt, every worker."""
+    import signal
+
+    ledger_write(current_step().run_id, "die")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@workflow("doomed")
+def doomed(ctx, data):
+    ctx.step(ledger_step, 0, 0.0)
+    ctx.step(die_mid_step)
+    return "unreachable"
