@@ -1,6 +1,7 @@
 from django.contrib import admin
 
 from agents.models import Note, Notification, Order, Payment, PaymentRequest, ProviderCall
+from runs.admin import ReadOnlyAdmin
 
 
 @admin.register(Order)
@@ -24,7 +25,9 @@ class PaymentRequestAdmin(admin.ModelAdmin):
 
 
 @admin.register(ProviderCall)
-class ProviderCallAdmin(admin.ModelAdmin):
+class ProviderCallAdmin(ReadOnlyAdmin, admin.ModelAdmin):
+    """What the provider billed: kept as recorded; billing retention removes old rows."""
+
     list_display = [
         "created_at",
         "workflow",
@@ -39,16 +42,6 @@ class ProviderCallAdmin(admin.ModelAdmin):
     list_filter = ["provider", "model", "outcome"]
     search_fields = ["workflow"]
     raw_id_fields = ["run"]
-
-    # What the provider billed: kept as recorded; billing retention removes old rows.
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 admin.site.register(Note)

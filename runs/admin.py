@@ -126,6 +126,19 @@ class SafeJSONReadonly:
         raise AttributeError(name)
 
 
+class ReadOnlyAdmin:
+    """Rows shown, never added, edited or deleted here."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
 class OperateActions:
     """Admin actions that go through Run's operator methods (and so are audited)."""
 
@@ -396,33 +409,17 @@ class SignalAdmin(SafeJSONReadonly, admin.ModelAdmin):
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(SafeJSONReadonly, admin.ModelAdmin):
+class AuditEntryAdmin(SafeJSONReadonly, ReadOnlyAdmin, admin.ModelAdmin):
+    """The audit log is written once."""
+
     list_display = ("created_at", "actor_name", "action", "run", "reason")
     list_filter = ("action", "created_at")
     search_fields = ("=run__id", "actor_name", "action", "reason")
     show_full_result_count = False
     list_select_related = ("run",)
 
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False  # the audit log is written once
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
 
 @admin.register(WorkerProcess)
-class WorkerProcessAdmin(admin.ModelAdmin):
+class WorkerProcessAdmin(ReadOnlyAdmin, admin.ModelAdmin):
     list_display = ("name", "hostname", "pid", "started_at", "heartbeat_at")
     search_fields = ("name", "hostname")
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False

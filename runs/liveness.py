@@ -37,9 +37,11 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, connection
+from django.db.models import Q
 from django.utils import timezone
 
 from runs.models import Run, Status, WorkerProcess
@@ -96,22 +98,23 @@ def _beat_forever(name: str) -> None:
 def give_back(run_id: int, token: str, reason: str) -> str:
     """Hand a run this process could not go on with back for dispatch, however long the
     database takes to answer: the lease stays alive meanwhile, so nobody else takes it."""
-    delay = 0.05
-    while True:
-        try:
-            run = Run.objects.only("pk", "queue", "workflow", "parent_id", "parent_position").get(pk=run_id)
-            return run.give_back(token, reason) or "lost"
-        except DatabaseError:
-            connection.close()
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+
+    def attempt():
+        run = Run.objects.only("pk", "queue", "workflow", "parent_id", "parent_position").get(pk=run_id)
+        return run.give_back(token, reason) or "lost"
+
+    return _once_the_database_answers(attempt)
 
 
 def give_back_branch(branch_id: int, token: str) -> bool:
+    return _once_the_database_answers(lambda: Branch.give_back(branch_id, token))
+
+
+def _once_the_database_answers(attempt: Callable[[], Any]) -> Any:
     delay = 0.05
     while True:
         try:
-            return Branch.give_back(branch_id, token)
+            return attempt()
         except DatabaseError:
             connection.close()
             time.sleep(delay)
@@ -157,35 +160,31 @@ class Supervisor:
         self._stop.set()
 
     def _loop(self) -> None:
-        interval = min(TICK, settings.DURABLE_HEARTBEAT_INTERVAL)
-        while not self._stop.wait(interval):
-            try:
-                self.tick()
-            except DatabaseError:
-                # Database restarting or unreachable: drop the connection and try again.
-                log.warning("supervisor %s: database error", self.name, exc_info=True)
-                connection.close()
-            except Exception:
-                log.exception("supervisor %s failed a pass", self.name)
+        self._every(lambda: min(TICK, settings.DURABLE_HEARTBEAT_INTERVAL), self.tick, "pass")
 
     def _sweep_loop(self) -> None:
         from runs.recovery import sweep
 
         # Spread over time, so that the workers' sweeps do not come in lockstep.
-        while not self._stop.wait(settings.DURABLE_SWEEP_INTERVAL * random.uniform(0.75, 1.25)):
+        self._every(lambda: settings.DURABLE_SWEEP_INTERVAL * random.uniform(0.75, 1.25), sweep, "sweep")
+
+    def _every(self, interval: Callable[[], float], work: Callable[[], Any], what: str) -> None:
+        while not self._stop.wait(interval()):
             try:
-                sweep()
+                work()
             except DatabaseError:
-                log.warning("sweep in %s: database error", self.name, exc_info=True)
+                # Database restarting or unreachable: drop the connection and try again.
+                log.warning("supervisor %s: database error in a %s", self.name, what, exc_info=True)
                 connection.close()
             except Exception:
-                log.exception("sweep in %s failed", self.name)
+                log.exception("supervisor %s: a %s failed", self.name, what)
 
     def tick(self) -> None:
         # What its processes hold is read before the processes are looked at: a process
         # forked after this read holds nothing in it, so it cannot be mistaken for dead.
         prefix = f"{self.name}/"
-        runs = list(Run.objects.filter(status=Status.RUNNING, lease_owner__startswith=prefix))
+        held = Q(lease_owner__startswith=prefix) | Q(lease_owner=self.name)  # pool processes, or itself
+        runs = list(Run.objects.filter(held, status=Status.RUNNING))
         branches = list(
             Branch.objects.filter(status=BranchStatus.RUNNING, lease_owner__startswith=prefix).select_related(
                 "run"
@@ -198,14 +197,15 @@ class Supervisor:
 
                 recover_branch(branch)
         for run in runs:
+            if run.lease_owner == self.name:
+                self.enforce(run, 0)  # the solo pool: this very process executes the step
+                continue
             pid = holder_pid(run.lease_owner)
             if is_gone(pid):
                 outcome = run.recover("its worker process died")
                 log.warning("run %s: pool process %s died; recovered (%s)", run.pk, pid, outcome)
             else:
                 self.enforce(run, pid)
-        for run in Run.objects.filter(status=Status.RUNNING, lease_owner=self.name):
-            self.enforce(run, 0)  # the solo pool: this very process executes the step
 
     def beat(self, pids: list[int]) -> None:
         WorkerProcess.beat(self.name, socket.gethostname(), os.getpid(), self.queues)

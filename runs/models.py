@@ -220,9 +220,7 @@ class RunQuerySet(models.QuerySet):
 
     def orphaned(self):
         """Running runs whose worker process has stopped heartbeating."""
-        cutoff = timezone.now() - timedelta(seconds=settings.DURABLE_LEASE_TIMEOUT)
-        alive = WorkerProcess.objects.filter(heartbeat_at__gte=cutoff).values("name")
-        return self.filter(status=Status.RUNNING).exclude(lease_owner__in=alive)
+        return self.filter(status=Status.RUNNING).exclude(lease_owner__in=WorkerProcess.alive_names())
 
     def due_to_wake(self):
         """Waiting runs whose wake-up time has come, the most overdue first."""
@@ -1580,6 +1578,12 @@ class WorkerProcess(models.Model):
                 name=name,
                 defaults={"hostname": hostname, "pid": pid, "heartbeat_at": now, "queues": queues or []},
             )
+
+    @classmethod
+    def alive_names(cls):
+        """The names of the processes that have beaten within the lease timeout (a subquery)."""
+        cutoff = timezone.now() - timedelta(seconds=settings.DURABLE_LEASE_TIMEOUT)
+        return cls.objects.filter(heartbeat_at__gte=cutoff).values("name")
 
     @classmethod
     def served_queues(cls, within: float = 60.0) -> set[str] | None:

@@ -152,8 +152,7 @@ def _recover_orphaned_runs(report: SweepReport) -> None:
 
 
 def _recover_orphaned_branches(report: SweepReport) -> None:
-    cutoff = timezone.now() - timedelta(seconds=settings.DURABLE_LEASE_TIMEOUT)
-    alive = WorkerProcess.objects.filter(heartbeat_at__gte=cutoff).values("name")
+    alive = WorkerProcess.alive_names()
     orphaned = (
         Branch.objects.live()
         .filter(status=BranchStatus.RUNNING, run__status__in=list(ACTIVE_STATUSES))

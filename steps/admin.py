@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 from django.urls import reverse
 from django.utils.html import format_html
 
-from runs.admin import SafeJSONReadonly, StrictJSONField
+from runs.admin import ReadOnlyAdmin, SafeJSONReadonly, StrictJSONField
 from runs.models import InvalidOperation
 from steps.models import Attempt, Branch, Checkpoint
 
@@ -129,21 +129,12 @@ class CheckpointAdmin(SafeJSONReadonly, RunLink, admin.ModelAdmin):
             self.message_user(request, str(exc), messages.ERROR)
 
 
-class ReadOnlyHistory:
+class ReadOnlyHistory(ReadOnlyAdmin):
     """History the engine writes once: shown, never added, edited or deleted here."""
 
     @admin.display(boolean=True, description="live")
     def live(self, obj) -> bool:
         return obj.superseded_at is None
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(Attempt)
