@@ -176,3 +176,48 @@ def test_killed_database_connections_dead_letter_nothing(fast_cluster):
         assert run.output == {"done": list(range(8))}
         assert_one_live_checkpoint_per_position(run)
     assert not Run.objects.filter(status=Status.DEAD).exists()
+
+
+def test_a_worker_frozen_inside_a_step_is_taken_over_and_its_late_write_refused(fast_cluster):
+    frozen = fast_cluster.worker("frozen", pool="prefork", concurrency=1)
+    run = Run.objects.start("ledger", {"steps": 3, "slow_index": 1, "pause": 6}, queue=fast_cluster.queue)
+    wait_for(lambda: "step-1" in step_counts(run.pk), 60, "step 1 to start", fast_cluster)
+    os.killpg(frozen.pid, signal.SIGSTOP)  # a paused VM, outside any transaction
+    try:
+        fast_cluster.worker("healthy", pool="prefork", concurrency=1)
+        wait_for(lambda: succeeded(run), 60, "another worker to finish the run", fast_cluster)
+    finally:
+        os.killpg(frozen.pid, signal.SIGCONT)
+    refused = "this worker's write was refused"
+    wait_for(lambda: refused in frozen.log_path.read_text(), 60, "the thawed worker's write", fast_cluster)
+    assert step_counts(run.pk) == {"step-0": 1, "step-1": 2, "step-2": 1}
+    assert Checkpoint.objects.filter(run=run).count() == 3
+    assert_one_live_checkpoint_per_position(run)
+
+
+def test_two_sweeps_recovering_the_same_run_at_once_recover_it_once(doorbells):
+    needs_postgresql()
+    import threading
+
+    from django.db import connection as thread_connection
+
+    from tests.conftest import lapse_leases
+
+    run = Run.objects.start("arithmetic", {"a": 1, "b": 1})
+    assert Run.objects.claim(run.pk, "gone-worker/1", "t")
+    lapse_leases()
+    outcomes, barrier = [], threading.Barrier(2)
+
+    def recover():
+        barrier.wait()
+        outcomes.append(Run.objects.get(pk=run.pk).recover("its worker process stopped heartbeating"))
+        thread_connection.close()
+
+    threads = [threading.Thread(target=recover) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes, key=str) == [None, "pending"]
+    assert Run.objects.get(pk=run.pk).recovery_count == 1
+    assert AuditEntry.objects.filter(run=run, action="recover").count() == 1
