@@ -468,6 +468,11 @@ DURABLE_KILL_GRACE = envfloat("DURABLE_KILL_GRACE", 30.0, minimum=0)
 # How long one delivery executes a run before handing it back to the queue at a step
 # boundary: below Redis's visibility timeout (1 h) and RabbitMQ's consumer timeout (30 min).
 DURABLE_DELIVERY_SECONDS = envfloat("DURABLE_DELIVERY_SECONDS", 300.0, minimum=0.01)
+# How many runs one prefork pool process executes at once, each on a thread of its own, with
+# their checkpoints committed together (runs.executor); 1 executes one run at a time in the
+# pool process itself, as it always does on the embedded broker. Each thread keeps a
+# database connection: mind PostgreSQL's max_connections (workers x pool processes x this).
+DURABLE_RUNS_PER_PROCESS = envint("DURABLE_RUNS_PER_PROCESS", 8, minimum=1)
 # Maintenance (sweep, recoveries, wake-ups) never waits on a row lock longer than this.
 DURABLE_MAINTENANCE_LOCK_TIMEOUT = envfloat("DURABLE_MAINTENANCE_LOCK_TIMEOUT", 0.2, minimum=0.001)
 DURABLE_MAINTENANCE_STATEMENT_TIMEOUT = envfloat("DURABLE_MAINTENANCE_STATEMENT_TIMEOUT", 10.0, minimum=0.01)

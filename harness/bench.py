@@ -39,7 +39,7 @@ from runs.recovery import sweep
 from steps.models import Branch, BranchStatus
 
 ROOT = Path(__file__).resolve().parent.parent
-PHASES = ("throughput", "checkpoint_bytes", "floor", "recovery", "memory", "pages", "wakeups")
+PHASES = ("throughput", "io_bound", "checkpoint_bytes", "floor", "recovery", "memory", "pages", "wakeups")
 
 
 @dataclass
@@ -47,6 +47,9 @@ class BenchConfig:
     processes: int = 2  # Celery's default: one per CPU on this 2-core machine
     # Throughput shapes, (runs, steps each): many short runs, and a few long ones.
     shapes: tuple[tuple[int, int], ...] = ((500, 10), (20, 100))
+    throughput_rounds: int = 2
+    # I/O-bound runs: (runs, steps each, seconds each step waits).
+    io_shape: tuple[int, int, float] = (64, 5, 0.05)
     floor_rows: int = 2000
     recovery_samples: int = 5
     memory_runs: tuple[int, int] = (1000, 10000)
@@ -92,26 +95,18 @@ class Bench:
     def throughput(self) -> None:
         """Durable runs in our worker against plain Celery chains in a stock worker.
 
-        Two shapes (many short runs, few long ones); the lower ratio is the headline.
+        Two shapes (many short runs, few long ones); the lower ratio is the headline. Each
+        side is measured `throughput_rounds` times, the two sides taking turns to go first,
+        and its best figure counts: a burst of other work on the machine then costs one
+        round, not the comparison.
         """
-        durable, plain = {}, {}
-        cluster = self.cluster("throughput")
-        cluster.worker("w", pool="prefork", concurrency=self.config.processes)
-        try:
-            self.durable_runs(cluster, 4, 5)  # warm the worker up
-            for shape in self.config.shapes:
-                durable[shape] = self.durable_runs(cluster, *shape)
-        finally:
-            cluster.stop()
-        baseline = self.cluster("baseline")
-        baseline.stock_worker("stock", concurrency=self.config.processes)
-        try:
-            self.plain_chains(baseline, 2, 5)  # warm the plain path too
-            for shape in self.config.shapes:
-                begin = time.time()
-                plain[shape] = shape[0] * shape[1] / (self.plain_chains(baseline, *shape) - begin)
-        finally:
-            baseline.stop()
+        durable: dict = {shape: 0.0 for shape in self.config.shapes}
+        plain: dict = {shape: 0.0 for shape in self.config.shapes}
+        sides = [(self.durable_side, durable), (self.plain_side, plain)]
+        for round_number in range(self.config.throughput_rounds):
+            for measure, best in sides if round_number % 2 == 0 else reversed(sides):
+                for shape, figure in measure().items():
+                    best[shape] = max(best[shape], figure)
         ratios = {}
         for runs, steps in self.config.shapes:
             name = f"{runs}x{steps}"
@@ -124,6 +119,28 @@ class Bench:
                 f"{plain[(runs, steps)]:.0f} steps/s ({ratios[name]}x)"
             )
         self.figures["durable_vs_chain"] = min(ratios.values())
+
+    def durable_side(self) -> dict:
+        cluster = self.cluster("throughput")
+        cluster.worker("w", pool="prefork", concurrency=self.config.processes)
+        try:
+            self.durable_runs(cluster, 4, 5)  # warm the worker up
+            return {shape: self.durable_runs(cluster, *shape) for shape in self.config.shapes}
+        finally:
+            cluster.stop()
+
+    def plain_side(self) -> dict:
+        baseline = self.cluster("baseline")
+        baseline.stock_worker("stock", concurrency=self.config.processes)
+        try:
+            self.plain_chains(baseline, 2, 5)  # warm the plain path too
+            figures = {}
+            for shape in self.config.shapes:
+                begin = time.time()
+                figures[shape] = shape[0] * shape[1] / (self.plain_chains(baseline, *shape) - begin)
+            return figures
+        finally:
+            baseline.stop()
 
     def durable_runs(self, cluster: Cluster, count: int, steps: int) -> float:
         begin = time.time()
@@ -149,6 +166,41 @@ class Bench:
         done = [cluster.done_dir / name for name in names]
         wait_until(lambda: all(path.exists() for path in done), 600, "the chains", cluster)
         return max(float(path.read_text()) for path in done)
+
+    # --- I/O-bound steps ---------------------------------------------------------------
+
+    def io_bound(self) -> None:
+        """Steps that wait 50 ms (a model call): several runs per pool process against one."""
+        figures = {}
+        for runs_per_process in (1, settings.DURABLE_RUNS_PER_PROCESS):
+            cluster = Cluster(
+                self.log_dir / f"io-{runs_per_process}",
+                self.url,
+                "harness.workflows",
+                DURABLE_LOG_LEVEL="WARNING",
+                DURABLE_RUNS_PER_PROCESS=str(runs_per_process),
+            )
+            cluster.worker("w", pool="prefork", concurrency=self.config.processes)
+            try:
+                count, steps, pause = self.config.io_shape
+                begin = time.time()
+                ids = [
+                    Run.objects.start("bench_io", {"steps": steps, "pause": pause}, queue=cluster.queue).pk
+                    for _ in range(count)
+                ]
+                wait_until(lambda ids=ids: self.finished(ids), 600, "the I/O-bound runs", cluster)
+                end = Run.objects.filter(pk__in=ids).aggregate(end=Max("finished_at"))["end"].timestamp()
+                figures[runs_per_process] = count * steps / (end - begin)
+            finally:
+                cluster.stop()
+        one, many = figures[1], figures[settings.DURABLE_RUNS_PER_PROCESS]
+        self.figures["io_steps_per_s_one_run_per_process"] = round(one, 1)
+        self.figures["io_steps_per_s"] = round(many, 1)
+        self.figures["io_vs_one_run_per_process"] = round(many / one, 2)
+        self.say(
+            f"I/O-bound: {many:.0f} steps/s with {settings.DURABLE_RUNS_PER_PROCESS} runs per process, "
+            f"{one:.0f} with one ({many / one:.1f}x)"
+        )
 
     # --- the database's floor ----------------------------------------------------------
 
@@ -271,7 +323,8 @@ class Bench:
     def memory(self) -> None:
         first, second = self.config.memory_runs
         cluster = self.cluster("memory")
-        worker = cluster.worker("solo", pool="solo")
+        # One pool process that executes several runs at once: the worker's whole tree counts.
+        worker = cluster.worker("w", pool="prefork", concurrency=1)
         try:
             rss = []
             for count in (first, second - first):
@@ -280,7 +333,7 @@ class Bench:
                     for _ in range(count)
                 ]
                 wait_until(lambda ids=ids: self.finished(ids), 1200, f"{count} runs", cluster)
-                rss.append(resident_kib(worker.pid))
+                rss.append(sum(resident_kib(pid) for pid in process_tree(worker.pid)))
         finally:
             cluster.stop()
         self.figures[f"worker_rss_after_{first}_runs_mib"] = round(rss[0] / 1024, 1)
@@ -670,6 +723,7 @@ TARGETS = {
     "recovery_prefork_child_p95_s": ("< 1 s", lambda v: v < 1),
     "recovery_whole_worker_p95_s": ("≤ 3 s", lambda v: v <= 3),
     "worker_rss_growth": ("flat (≤ 1.10)", lambda v: v <= 1.10),
+    "io_vs_one_run_per_process": ("≥ 20× (issue 16)", lambda v: v >= 20),
     "bytes_per_checkpoint_beyond_output": ("≤ 200", lambda v: v <= 200),
 }
 

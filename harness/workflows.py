@@ -102,6 +102,19 @@ def bench_noop(ctx, data):
     return data["steps"]
 
 
+@step
+def wait_for_io(pause: float) -> None:
+    """A step that waits, as a model call or an HTTP request does."""
+    time.sleep(pause)
+
+
+@workflow("bench_io")
+def bench_io(ctx, data):
+    for _ in range(data["steps"]):
+        ctx.step(wait_for_io, data["pause"])
+    return data["steps"]
+
+
 RETRY = RetryPolicy(max_attempts=6, initial_interval=0.2, backoff_coefficient=1.5, jitter=0.2)
 
 

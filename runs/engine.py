@@ -8,6 +8,7 @@ writes go through methods of runs.models.Run.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import traceback
@@ -65,9 +66,10 @@ def describe(exc: BaseException) -> dict[str, str]:
 class RunContext:
     """What a workflow function receives: its run, and the durable calls it may make."""
 
-    def __init__(self, run: Run, token: str, recorded: list[Checkpoint]):
+    def __init__(self, run: Run, token: str, recorded: list[Checkpoint], executor=None):
         self._run = run
         self._token = token
+        self._executor = executor  # runs.executor: checkpoints go through its group committer
         self._recorded = {checkpoint.position: checkpoint for checkpoint in recorded}
         self._position = 0
         self._first_fresh = run.steps_done
@@ -289,16 +291,17 @@ class RunContext:
         return recorded
 
     def _execute(self, definition: StepDefinition, position: int, args: tuple, kwargs: dict) -> Any:
-        if time.monotonic() > self._hand_back_at:
+        if time.monotonic() > self._hand_back_at or self._draining():
             # Bounded deliveries: none outlives a broker's redelivery or consumer timeout,
-            # and long runs take turns with the others on the queue.
+            # and long runs take turns with the others on the queue. A pool process that
+            # is shutting down hands its runs back the same way.
             self._stop(self._db(self._run.hand_back, self._token))
         if definition.rate_limit is not None:
             retry_at = self._db(definition.rate_limit.acquire)
             if retry_at is not None:  # waits without holding a worker, and is not an attempt
                 self._suspend(WaitKind.RATE, position, wake_at=retry_at)
         attempt = 1
-        if position == self._first_fresh:
+        if position == self._first_fresh and not _fresh(self._run):
             attempt += self._db(self._run.failed_attempts_at, position)
             if attempt > definition.retry.max_attempts:
                 self._attempts_spent(definition, position, attempt - 1)
@@ -312,7 +315,9 @@ class RunContext:
         )
         reset = _current_step.set(info)
         try:
-            value = call_with_timeout(definition.fn, args, kwargs, step_time_limit(definition.timeout))
+            value = call_with_timeout(
+                definition.fn, args, kwargs, step_time_limit(definition.timeout), own=bool(definition.timeout)
+            )
             try:
                 value = ensure_json(value, f"the output of step {definition.name!r}")
             except ValueError as exc:
@@ -330,6 +335,9 @@ class RunContext:
             meta=info.meta or None,
         )
         return value
+
+    def _draining(self) -> bool:
+        return self._executor is not None and self._executor.draining.is_set()
 
     def _attempts_spent(self, definition: StepDefinition, position: int, attempts: int):
         """Its attempts ran out outside this process (interrupted from outside): fail it now."""
@@ -403,7 +411,7 @@ class RunContext:
         meta: dict | None = None,
     ) -> None:
         outcome = self._db(
-            self._run.record_checkpoint,
+            committed(self._executor, self._run.record_checkpoint),
             self._token,
             position=position,
             name=name,
@@ -444,13 +452,16 @@ class RunContext:
         raise self.stopped
 
 
-def execute_run(run_id: int, token: str | None = None) -> str:
-    """Advance one run as far as it will go. Returns what happened, for logs and tests."""
+def execute_run(run_id: int, token: str | None = None, executor=None) -> str:
+    """Advance one run as far as it will go. Returns what happened, for logs and tests.
+
+    `executor` (runs.executor) when this is one of a pool process's run threads.
+    """
     token = token or uuid.uuid4().hex  # each claim its own token
-    if not Run.objects.claim(run_id, liveness.process_name(), token):
+    if not committed(executor, Run.objects.claim)(run_id, liveness.process_name(), token):
         return "skipped"  # already claimed, finished, or cancelled: a duplicate doorbell
     try:
-        outcome = _advance(Run.objects.get(pk=run_id), token)
+        outcome = _advance(Run.objects.get(pk=run_id), token, executor)
     except DatabaseFailure:
         log.warning("run %s: database error; giving it back", run_id, exc_info=True)
         outcome = "database-error"
@@ -460,14 +471,15 @@ def execute_run(run_id: int, token: str | None = None) -> str:
     return outcome
 
 
-def _advance(run: Run, token: str) -> str:
+def _advance(run: Run, token: str, executor=None) -> str:
     try:
         definition = registry.get(run.workflow)
     except UnknownWorkflow as exc:
         run.finish(token, error=describe(exc))
         return "failed"
 
-    ctx = RunContext(run, token, list(run.live_checkpoints()))
+    recorded = [] if _fresh(run) else list(run.live_checkpoints())
+    ctx = RunContext(run, token, recorded, executor)
     try:
         output = definition.fn(ctx, run.input)
     except _Stop as stop:
@@ -484,7 +496,20 @@ def _advance(run: Run, token: str) -> str:
         output = ensure_json(output, f"the output of workflow {run.workflow!r}")
     except ValueError as exc:
         return _fail(run, token, exc)
-    return "succeeded" if run.finish(token, output=output) else "lost"
+    return "succeeded" if committed(executor, run.finish)(token, output=output) else "lost"
+
+
+def committed(executor, method):
+    """The write method, committed together with other runs' writes when `executor` is given."""
+    if executor is None:
+        return method
+    return functools.partial(executor.committer.call, method)
+
+
+def _fresh(run: Run) -> bool:
+    """Claimed for the first time, at its start: no checkpoint or attempt can exist yet,
+    so the queries that would look for them are skipped (two round trips a run)."""
+    return run.claims == 1 and run.steps_done == 0
 
 
 def _fail(run: Run, token: str, exc: BaseException) -> str:

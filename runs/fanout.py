@@ -65,7 +65,11 @@ def _run(branch: Branch, token: str) -> str:
     reset = _current_step.set(info)
     try:
         value = call_with_timeout(
-            definition.fn, tuple(branch.args), branch.kwargs, step_time_limit(definition.timeout)
+            definition.fn,
+            tuple(branch.args),
+            branch.kwargs,
+            step_time_limit(definition.timeout),
+            own=bool(definition.timeout),
         )
         try:
             value = ensure_json(value, f"the output of step {branch.name!r}")

@@ -146,6 +146,10 @@ class Supervisor:
         self.name = name
         self.children = children
         self.queues = queues or []
+        # Pool processes this supervisor killed to stop one run, and that run: the other runs
+        # such a process was executing (runs.executor) are handed back uncounted, since
+        # no worker was lost.
+        self._killed: dict[int, int] = {}
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._loop, daemon=True, name="durable-supervisor"),
@@ -201,11 +205,19 @@ class Supervisor:
                 self.enforce(run, 0)  # the solo pool: this very process executes the step
                 continue
             pid = holder_pid(run.lease_owner)
-            if is_gone(pid):
+            if is_gone(pid) and pid in self._killed:
+                reason = f"its pool process was killed to stop run {self._killed[pid]}"
+                outcome = run.give_back(run.lease_token, reason)
+                log.warning("run %s: %s; handed back (%s)", run.pk, reason, outcome)
+            elif is_gone(pid):
                 outcome = run.recover("its worker process died")
                 log.warning("run %s: pool process %s died; recovered (%s)", run.pk, pid, outcome)
             else:
                 self.enforce(run, pid)
+        held_by = {holder_pid(run.lease_owner) for run in runs if run.lease_owner != self.name}
+        for pid in list(self._killed):
+            if pid not in held_by:
+                del self._killed[pid]  # all its runs handed back
 
     def beat(self, pids: list[int]) -> None:
         WorkerProcess.beat(self.name, socket.gethostname(), os.getpid(), self.queues)
@@ -232,6 +244,7 @@ class Supervisor:
             return
         still_held = Run.objects.filter(pk=run.pk, status=Status.RUNNING, lease_token=run.lease_token)
         if pid and still_held.exists():
+            self._killed[pid] = run.pk
             kill(pid)
         outcome = run.interrupted(run.lease_token, cause, message)
         log.warning("run %s: %s (pool process %s); now %s", run.pk, cause, pid or "-", outcome)

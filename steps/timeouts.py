@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import threading
 import time
@@ -22,26 +23,24 @@ class _Deadline(BaseException):
 
 
 def step_time_limit(timeout: float | None) -> float | None:
-    """A step's own timeout, or the global maximum step duration (None: unlimited).
-
-    The maximum applies where a timer is cheap (the main thread, as in the prefork and solo
-    pools); a helper thread per step would cost more than most steps.
-    """
-    if timeout:
-        return timeout
-    if threading.current_thread() is threading.main_thread():
-        return settings.DURABLE_MAX_STEP_SECONDS or None
-    return None
+    """A step's own timeout, or the global maximum step duration (None: unlimited)."""
+    return timeout or settings.DURABLE_MAX_STEP_SECONDS or None
 
 
-def call_with_timeout(fn: Callable[..., Any], args: tuple, kwargs: dict, seconds: float | None) -> Any:
+def call_with_timeout(
+    fn: Callable[..., Any], args: tuple, kwargs: dict, seconds: float | None, *, own: bool = True
+) -> Any:
     """Call fn, interrupting it with StepTimeout once `seconds` have passed.
 
-    Celery's prefork and solo pools run tasks in the main thread, where a SIGALRM timer
-    interrupts the step even inside blocking I/O. Elsewhere the step runs in a helper
-    thread that is abandoned on timeout: Python cannot kill a thread, so its late result
-    is discarded, never checkpointed. Either way a step that returns (or raises) after its
-    time is recorded as timed out: swallowing the interruption does not save it.
+    In the main thread (Celery's solo pool, and a prefork pool process that executes one
+    run at a time) a SIGALRM timer interrupts the step even inside blocking I/O. On another
+    thread (runs.executor's) a step's `own` timeout runs it on a helper thread that is
+    abandoned on timeout: Python cannot kill a thread, so its late result is discarded,
+    never checkpointed. The global maximum (not `own`) costs no thread per step there: a
+    watchdog raises the interruption inside the step's thread, which reaches Python code
+    but not a call blocked in C; that is killed with its process later (runs.liveness).
+    Either way a step that returns (or raises) after its time is recorded as timed out:
+    swallowing the interruption does not save it.
     """
     if not seconds:
         return fn(*args, **kwargs)
@@ -49,8 +48,10 @@ def call_with_timeout(fn: Callable[..., Any], args: tuple, kwargs: dict, seconds
     try:
         if threading.current_thread() is threading.main_thread():
             value = _call_with_alarm(fn, args, kwargs, seconds)
-        else:
+        elif own:
             value = _call_in_thread(fn, args, kwargs, seconds)
+        else:
+            value = _watchdog.call(fn, args, kwargs, seconds)
     except _Deadline:
         raise _timed_out(seconds) from None
     except Exception:
@@ -96,3 +97,55 @@ def _call_in_thread(fn, args, kwargs, seconds):
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")
+
+
+class _Watchdog:
+    """One thread that raises _Deadline inside the threads whose step ran past its time."""
+
+    INTERVAL = 0.25  # seconds
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._deadlines: dict[int, float] = {}  # thread ident: when its step's time is up
+        self._fired: set[int] = set()
+        self._thread: threading.Thread | None = None
+
+    def call(self, fn, args, kwargs, seconds):
+        ident = threading.get_ident()
+        with self._lock:
+            self._deadlines[ident] = time.monotonic() + seconds
+            if self._thread is None or not self._thread.is_alive():  # first use, or after a fork
+                self._thread = threading.Thread(target=self._loop, daemon=True, name="durable-watchdog")
+                self._thread.start()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with self._lock:
+                del self._deadlines[ident]
+                fired = ident in self._fired
+                self._fired.discard(ident)
+            if fired:
+                # Raised, or about to be: cancel the pending one, and leave as timed out here,
+                # so that it can never land in the engine's code after the step.
+                _set_async_exception(ident, None)
+                raise _Deadline
+
+    def _loop(self) -> None:
+        pause = threading.Event()  # never set: waits without time.sleep, which tests may patch
+        while True:
+            pause.wait(self.INTERVAL)
+            now = time.monotonic()
+            with self._lock:
+                for ident, deadline in self._deadlines.items():
+                    if deadline <= now and ident not in self._fired:
+                        self._fired.add(ident)
+                        _set_async_exception(ident, _Deadline)
+
+
+def _set_async_exception(ident: int, exception: type[BaseException] | None) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(ident), ctypes.py_object(exception) if exception else ctypes.c_void_p(0)
+    )
+
+
+_watchdog = _Watchdog()

@@ -160,6 +160,8 @@ def test_killed_database_connections_dead_letter_nothing(fast_cluster):
         Run.objects.start("ledger", {"steps": 8, "pause_each": 0.15}, queue=fast_cluster.queue)
         for _ in range(6)
     ]
+    # The kills start once the runs are under way (workers start slowly on a loaded machine).
+    wait_for(lambda: Checkpoint.objects.filter(run__in=runs).exists(), 120, "a first step", fast_cluster)
     killed = 0
     for _ in range(12):
         time.sleep(0.4)

@@ -59,6 +59,8 @@ class Command(BaseCommand):
         if options["quick"]:
             config = BenchConfig(
                 shapes=((50, 5), (6, 30)),
+                throughput_rounds=1,
+                io_shape=(16, 3, 0.05),
                 floor_rows=400,
                 recovery_samples=2,
                 memory_runs=(100, 400),
