@@ -1,6 +1,6 @@
 from django.urls import path
 
-from runs import views
+from runs import run_actions, views
 
 urlpatterns = [
     path("", views.run_list, name="run_list"),
@@ -17,6 +17,12 @@ urlpatterns = [
     path("runs/<int:run_id>/steps/<int:position>/", views.run_step, name="run_step"),
     path("runs/<int:run_id>/steps/<int:position>/retry/", views.run_retry, name="run_retry"),
     path("runs/<int:run_id>/steps/<int:position>/edit/", views.checkpoint_edit, name="checkpoint_edit"),
+    path(
+        "runs/<int:run_id>/steps/<int:position>/edit-and-continue/",
+        run_actions.checkpoint_edit_and_continue,
+        name="checkpoint_edit_and_continue",
+    ),
+    path("runs/<int:run_id>/retry-now/", run_actions.run_retry_now, name="run_retry_now"),
     path(
         "runs/<int:run_id>/checkpoints/<int:checkpoint_id>/",
         views.checkpoint_detail,

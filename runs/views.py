@@ -740,6 +740,8 @@ def detail_context(request: AuthenticatedHttpRequest, run: Run, **extra) -> dict
         "queue_unserved": run.queue_unserved(),
         "usage": accounting.totals_for_runs([run.pk]).get(run.pk),
         "code": code_version(run),
+        "code_warning": run.code_warning(),
+        "backoff": run.backoff(),
         "version": live_stamp(run),
         # A long run's page is heavy to redraw: it refreshes less often.
         "poll_every": "2s" if len(steps) <= LONG_RUN_STEPS else "10s",
@@ -796,7 +798,13 @@ def run_step(request: AuthenticatedHttpRequest, run_id: int, position: int) -> H
     )
     if not steps:
         raise Http404
-    context = {"run": run, "step": steps[0], "output_cap": JSON_CAP, "inline": False}
+    context = {
+        "run": run,
+        "step": steps[0],
+        "output_cap": JSON_CAP,
+        "inline": False,
+        "code_warning": run.code_warning(),
+    }
     if request.htmx and not request.htmx.history_restore_request:
         return render(request, "runs/step.html#step-details", context)
     return render(request, "runs/step.html", context)
@@ -827,12 +835,17 @@ def checkpoint_detail(request: AuthenticatedHttpRequest, run_id: int, checkpoint
 def checkpoint_context(request, run: Run, checkpoint: Checkpoint, form: EditOutputForm | None = None):
     old = pretty(checkpoint.output) if checkpoint.status == CheckpointStatus.SUCCEEDED else ""
     attempts = Attempt.objects.filter(run=run, position=checkpoint.position).order_by("number", "id")
+    continues = checkpoint.status != CheckpointStatus.FAILED
+    editable = run.can_edit_and_continue if continues else run.can_edit
     return {
         "run": run,
         "checkpoint": checkpoint,
         "attempts": list(attempts),
         "form": form or EditOutputForm(initial={"output": old}),
-        "editable": run.can_edit and checkpoint.is_live and request.user.has_perm("runs.operate"),
+        "editable": editable and checkpoint.is_live and request.user.has_perm("runs.operate"),
+        # Editing any step but the failed one runs the steps after it again (Run.edit_and_continue).
+        "continues": continues,
+        "code_warning": run.code_warning() if editable else "",
     }
 
 
@@ -856,6 +869,7 @@ def confirm_page(request: AuthenticatedHttpRequest, run: Run | None, question: s
         "action": request.path,
         "hidden": hidden_fields(request),
         "reason": request.POST.get("reason", ""),
+        "code_warning": run.code_warning() if run else "",
         **extra,
     }
     return render(request, "runs/confirm.html", context)

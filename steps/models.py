@@ -104,6 +104,9 @@ class Attempt(models.Model):
     branch = models.PositiveIntegerField(null=True, blank=True)
     name = models.CharField(max_length=200)
     number = models.PositiveSmallIntegerField()
+    # The step's retry policy's limit when it failed ("attempt 2 of 5"); unknown for
+    # attempts recorded before it was kept, and for attempts interrupted from outside.
+    max_attempts = models.PositiveSmallIntegerField(null=True, blank=True)
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField()
     error_type = models.CharField(max_length=200)
