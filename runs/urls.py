@@ -1,12 +1,13 @@
 from django.urls import path
 
-from runs import run_actions, views
+from runs import bulk_views, run_actions, views
 
 urlpatterns = [
     path("", views.run_list, name="run_list"),
     path("runs/rows/", views.run_rows, name="run_rows"),
     path("overview/", views.run_overview, name="run_overview"),
     path("runs/bulk/", views.run_bulk, name="run_bulk"),
+    path("runs/recover/", bulk_views.recover, name="run_recover"),
     path("runs/<int:run_id>/", views.run_detail, name="run_detail"),
     path("runs/<int:run_id>/live/", views.run_live, name="run_live"),
     path("runs/<int:run_id>/value/<str:part>/", views.run_value, name="run_value"),
