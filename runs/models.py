@@ -151,6 +151,20 @@ def actor_label(by) -> str:
     return by.get_username()
 
 
+def code_versions_from(audit_details, current: str) -> list[str]:
+    """The code versions a run ran under, oldest first, from its audit entries' details
+    (oldest first): each change of version is recorded as {"code_version": {"before", "after"}}."""
+    versions: list[str] = []
+    for details in audit_details:
+        change = details.get("code_version") if isinstance(details, dict) else None
+        if not isinstance(change, dict):
+            continue  # rendering stored data never fails
+        if not versions:
+            versions.append(str(change.get("before") or ""))
+        versions.append(str(change.get("after") or ""))
+    return versions or ([current] if current else [])
+
+
 class RunQuerySet(models.QuerySet):
     def start(self, workflow: str, input: Any = None, **options) -> Run:
         """Create a pending run of a registered workflow and ring its doorbell."""
@@ -1014,6 +1028,11 @@ class Run(models.Model):
         ]
         return self.signals.filter(pk__in=[pk for pk in ids if isinstance(pk, int)])
 
+    def last_signal_position(self) -> int | None:
+        """The last live position that received a signal: a retry at or before it goes back across one."""
+        signals = self.checkpoints.live().filter(name__startswith="signal:")
+        return signals.aggregate(last=models.Max("position"))["last"]
+
     def _resend_signals_from(self, position: int, by) -> list[int]:
         received = list(self.signals_received_from(position).order_by("id"))
         Signal.objects.bulk_create(
@@ -1322,7 +1341,9 @@ class Run(models.Model):
         )
 
     def backoff(self) -> dict[str, Any] | None:
-        """For a run waiting to retry a step: which step, attempts failed of how many, next at."""
+        """For a run waiting to retry a step: which step, attempts failed of how many, next at.
+
+        None for any other run, and for a retry wait with no failed attempt on record."""
         if not self.can_retry_now:
             return None
         failed = list(
@@ -1331,11 +1352,13 @@ class Run(models.Model):
             .order_by("number", "id")
             .values_list("name", "max_attempts")
         )
+        if not failed:
+            return None  # set by hand (the admin): nothing to count
         return {
             "position": self.wait_position,
-            "step": failed[-1][0] if failed else "",
+            "step": failed[-1][0],
             "failed": len(failed),
-            "max_attempts": failed[-1][1] if failed else None,
+            "max_attempts": failed[-1][1],
             "next_at": self.wake_at,
         }
 
@@ -1350,15 +1373,7 @@ class Run(models.Model):
             .order_by("id")
             .values_list("details", flat=True)
         )
-        versions: list[str] = []
-        for details in changes:
-            change = details.get("code_version") if isinstance(details, dict) else None
-            if not isinstance(change, dict):
-                continue  # rendering stored data never fails
-            if not versions:
-                versions.append(str(change.get("before") or ""))
-            versions.append(str(change.get("after") or ""))
-        return versions or ([self.code_version] if self.code_version else [])
+        return code_versions_from(changes, self.code_version)
 
     def queue_unserved(self, served: set[str] | None = None) -> bool:
         """Pending on a queue that no live worker has consumed for a minute: nobody will answer."""

@@ -58,7 +58,15 @@ from runs.forms import (
     SignalForm,
     pretty,
 )
-from runs.models import AuditEntry, InvalidOperation, Run, Status, WaitKind, WorkerProcess
+from runs.models import (
+    AuditEntry,
+    InvalidOperation,
+    Run,
+    Status,
+    WaitKind,
+    WorkerProcess,
+    code_versions_from,
+)
 from runs.templatetags.dashboard import JSON_CAP
 from runs.workflow import registry
 from steps.models import Attempt, Branch, Checkpoint, CheckpointStatus
@@ -590,6 +598,7 @@ class StepRow:
     attempts: Sequence[Attempt] = ()
     branches: Sequence[Branch] = ()  # calls of a parallel group here
     url: str = ""  # where the step's details are
+    crosses_signal: bool = False  # a retry from here goes back across a received signal
 
     @property
     def all_checkpoints(self) -> list[Checkpoint | CheckpointLine]:
@@ -725,8 +734,14 @@ def detail_context(request: AuthenticatedHttpRequest, run: Run, **extra) -> dict
     waiting_for_signal = run.status == Status.WAITING and run.wait_kind == WaitKind.SIGNAL
     username = request.user.get_username()
     step_url = url_filler("run_step", run.pk)
+    # The page has every checkpoint already: no query for the last signal's position.
+    signal_positions = [
+        step.position for step in steps if step.checkpoint and step.checkpoint.name.startswith("signal:")
+    ]
+    last_signal = max(signal_positions, default=None)
     for step in steps:
         step.url = step_url(step.position)
+        step.crosses_signal = last_signal is not None and step.position <= last_signal
     context = {
         "run": run,
         "steps": steps,
@@ -751,6 +766,10 @@ def detail_context(request: AuthenticatedHttpRequest, run: Run, **extra) -> dict
         "approve_payload": json.dumps({"approved": True, "note": f"approved by {username}", "by": username}),
         "reject_payload": json.dumps({"approved": False, "note": f"rejected by {username}", "by": username}),
     }
+    # The version history from the audit entries already read (the newest AUDIT_SHOWN).
+    context["code_versions"] = code_versions_from(
+        [entry.details for entry in reversed(context["audit"])], run.code_version
+    )
     context.update(extra)
     return context
 
@@ -798,6 +817,8 @@ def run_step(request: AuthenticatedHttpRequest, run_id: int, position: int) -> H
     )
     if not steps:
         raise Http404
+    last_signal = run.last_signal_position()
+    steps[0].crosses_signal = last_signal is not None and position <= last_signal
     context = {
         "run": run,
         "step": steps[0],
@@ -950,8 +971,11 @@ def run_retry(request: AuthenticatedHttpRequest, run_id: int, position: int) -> 
     run = get_run(request, run_id, operate=True)
 
     def retry(data) -> str:
-        run.retry_from(position, by=request.user, reason=data["reason"])
-        return f"Run {run.pk} is retrying from step {position}; later steps were superseded."
+        reuse = request.POST.get("reuse_signals") == "yes"  # asked when the retry crosses a signal
+        run.retry_from(position, by=request.user, reason=data["reason"], reuse_signals=reuse)
+        return f"Run {run.pk} is retrying from step {position}; later steps were superseded." + (
+            " The signals it had received are reused." if reuse else ""
+        )
 
     question = (
         f"Retry run {run.pk} from step {position}? Step {position} and every step after it "

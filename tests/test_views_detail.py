@@ -1,5 +1,6 @@
 """The run page, its live section, a checkpoint's page and a run's whole input or output."""
 
+import re
 import time
 from datetime import timedelta
 
@@ -159,8 +160,11 @@ def test_action_forms_post_with_a_confirmation(operator_client):
     url = reverse("run_resume", args=[run.pk])
     assert f'<form class="action" method="post" action="{url}"' in html
     assert f'hx-post="{url}"' in html
-    assert "hx-confirm=" in html
-    assert 'hx-vals=\'{"confirmed": "yes"}\'' in html
+    assert "hx-confirm=" not in html  # one confirmation pattern: the form's <dialog>
+    forms = re.findall(r"<form[^>]*\sdata-confirm[\s>]", html)
+    assert forms and html.count("<dialog") == len(forms)  # each confirmed form holds its dialog
+    assert 'name="confirmed" value=""' in html
+    assert 'id="action-reason"' not in html  # the reason is asked inside each dialog
     assert 'name="csrfmiddlewaretoken"' in html
 
 
