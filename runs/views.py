@@ -69,7 +69,7 @@ from runs.models import (
 )
 from runs.templatetags.dashboard import JSON_CAP
 from runs.workflow import registry
-from steps.models import Attempt, Branch, Checkpoint, CheckpointStatus
+from steps.models import Attempt, AttemptGroup, Branch, Checkpoint, CheckpointStatus, group_attempts
 
 PAGE_SIZE = 50
 # The live-rows fragment refreshes at most this many rows per poll.
@@ -615,6 +615,15 @@ class StepRow:
         return "superseded"
 
     @property
+    def attempt_groups(self) -> list[AttemptGroup]:
+        return group_attempts(self.attempts)
+
+    @property
+    def earlier_attempts(self) -> int:
+        """Failed attempts before the last recovery: shown apart, not in the checkpoint's count."""
+        return sum(1 for attempt in self.attempts if attempt.superseded_at is not None)
+
+    @property
     def live_attempts(self) -> int:
         return sum(1 for attempt in self.attempts if attempt.superseded_at is None)
 
@@ -862,6 +871,7 @@ def checkpoint_context(request, run: Run, checkpoint: Checkpoint, form: EditOutp
         "run": run,
         "checkpoint": checkpoint,
         "attempts": list(attempts),
+        "attempt_groups": group_attempts(attempts),
         "form": form or EditOutputForm(initial={"output": old}),
         "editable": editable and checkpoint.is_live and request.user.has_perm("runs.operate"),
         # Editing any step but the failed one runs the steps after it again (Run.edit_and_continue).

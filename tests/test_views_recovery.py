@@ -6,6 +6,7 @@ from django.urls import reverse
 from runs.models import AuditEntry, Run, Status, WaitKind
 from tests import workflows
 from tests.factories import make_failed_run, make_operator, make_viewer
+from tests.test_engine import exhaust_retries
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -111,3 +112,39 @@ def test_the_confirmation_warns_when_the_code_changed(client, operator, doorbell
     assert "The code changed since this run last ran" in confirm
     html = client.get(reverse("run_detail", args=[run.pk])).content.decode()
     assert "The code changed since this run last ran" in html  # in the button's confirmation
+
+
+def test_attempts_after_a_resume_are_grouped_and_numbered_apart(client, operator, doorbells):
+    workflows.PAYMENTS.timeouts_left = 100
+    run = Run.objects.start("payment", {"cents": 700})
+    exhaust_retries(doorbells, rounds=4)
+    run = Run.objects.get(pk=run.pk)
+    assert run.status == Status.FAILED
+    run.resume(by=operator)
+    workflows.PAYMENTS.timeouts_left = 1  # one more failure, then it answers
+    exhaust_retries(doorbells, rounds=2)
+    assert Run.objects.get(pk=run.pk).status == Status.SUCCEEDED
+
+    html = client.get(reverse("run_detail", args=[run.pk])).content.decode()
+    assert "2 attempts (+4 before resuming)" in html  # the header counts what the list shows
+    assert 'before resume #1 <span class="count">· 4 failed attempts</span>' in html
+    assert 'since resume #1 <span class="count">· 1 failed attempt</span>' in html
+    for number in (1, 2, 3, 4):
+        assert f"attempt {number} of 4 ·" in html
+    assert "attempt 5" not in html  # each group numbered from 1
+
+
+def test_a_retry_across_a_received_signal_asks_and_can_reuse_it(client, operator, doorbells):
+    run = Run.objects.start("approval", {})
+    doorbells.drain()
+    run.send_signal("approve", {"approved": True, "by": "ann"})
+    assert doorbells.drain() == ["succeeded"]
+    html = client.get(reverse("run_detail", args=[run.pk])).content.decode()
+    assert html.count('name="reuse_signals"') == 2 * 2  # steps 0 and 1: wait (default) or reuse
+    response = client.post(
+        reverse("run_retry", args=[run.pk, 1]), {**CONFIRMED, "reuse_signals": "yes"}, **HTMX
+    )
+    assert "signals it had received are reused" in response.content.decode()
+    assert doorbells.drain() == ["succeeded"]
+    entry = AuditEntry.objects.get(run=run, action="retry")
+    assert len(entry.details["reused_signals"]) == 1
