@@ -288,7 +288,11 @@ class RunFilterSerializer(serializers.Serializer):
     """The run list's filters (the dashboard's), and the keyset cursor."""
 
     # Blank filters are ignored, as on the dashboard.
-    status = serializers.ChoiceField(choices=Status.choices, required=False, allow_blank=True)
+    status = serializers.ChoiceField(
+        choices=[*Status.choices, ("retrying", "retrying (waiting in a step's retry backoff)")],
+        required=False,
+        allow_blank=True,
+    )
     workflow = Text(max_length=200, required=False, allow_blank=True)
     q = Text(
         max_length=200,

@@ -40,7 +40,7 @@ from api.serializers import (
     StartRunSerializer,
     WorkflowSerializer,
 )
-from runs.bulk import BulkError, BulkPlan, Selection
+from runs.bulk import RETRYING, BulkError, BulkPlan, Selection, retrying_runs
 from runs.export import attach_attempts, export_run
 from runs.forms import search_condition
 from runs.models import InvalidOperation, Run, UnknownQueue, ensure_json
@@ -172,6 +172,9 @@ def runs(request: Request) -> Response:
 def list_runs(request: Request) -> Response:
     filters = valid(RunFilterSerializer, request.query_params)
     runs = Run.objects.all()
+    if filters.get("status") == RETRYING:
+        runs = retrying_runs(runs)
+        filters["status"] = ""
     for name, lookup in [
         ("status", "status"),
         ("workflow", "workflow"),

@@ -467,6 +467,41 @@ class Run(models.Model):
     def failed_attempts_at(self, position: int) -> int:
         return Attempt.objects.live().filter(run=self, position=position).count()
 
+    def backoff(self) -> dict[str, Any] | None:
+        """For a run waiting to retry a step: which step, attempts failed of how many, next at.
+
+        None for any other run, and for a retry wait with no failed attempt on record."""
+        if not self.can_retry_now:
+            return None
+        failed = list(
+            Attempt.objects.live()
+            .filter(run=self, position=self.wait_position, branch__isnull=True)
+            .order_by("number", "id")
+            .values_list("name", "max_attempts")
+        )
+        if not failed:
+            return None  # set by hand (the admin): nothing to count
+        return {
+            "position": self.wait_position,
+            "step": failed[-1][0],
+            "failed": len(failed),
+            "max_attempts": failed[-1][1],
+            "next_at": self.wake_at,
+        }
+
+    def code_versions(self) -> list[str]:
+        """The code versions the run has run under, oldest first.
+
+        Each resume, retry or edit under other code records the change in its audit entry
+        (see _reopen), so the history is read from there.
+        """
+        changes = (
+            self.audit_entries.filter(details__has_key="code_version")
+            .order_by("id")
+            .values_list("details", flat=True)
+        )
+        return code_versions_from(changes, self.code_version)
+
     def step_idempotency_key(self, position: int, epoch: int | None = None) -> str:
         return f"{self.idempotency_key}-{self.epoch if epoch is None else epoch}-{position}"
 
@@ -1339,41 +1374,6 @@ class Run(models.Model):
             f"the deployed code is version {deployed}. Its recorded steps are replayed with the "
             "deployed code, which may take a different path; the run will record the new version."
         )
-
-    def backoff(self) -> dict[str, Any] | None:
-        """For a run waiting to retry a step: which step, attempts failed of how many, next at.
-
-        None for any other run, and for a retry wait with no failed attempt on record."""
-        if not self.can_retry_now:
-            return None
-        failed = list(
-            Attempt.objects.live()
-            .filter(run=self, position=self.wait_position, branch__isnull=True)
-            .order_by("number", "id")
-            .values_list("name", "max_attempts")
-        )
-        if not failed:
-            return None  # set by hand (the admin): nothing to count
-        return {
-            "position": self.wait_position,
-            "step": failed[-1][0],
-            "failed": len(failed),
-            "max_attempts": failed[-1][1],
-            "next_at": self.wake_at,
-        }
-
-    def code_versions(self) -> list[str]:
-        """The code versions the run has run under, oldest first.
-
-        Each resume, retry or edit under other code records the change in its audit entry
-        (see _reopen), so the history is read from there.
-        """
-        changes = (
-            self.audit_entries.filter(details__has_key="code_version")
-            .order_by("id")
-            .values_list("details", flat=True)
-        )
-        return code_versions_from(changes, self.code_version)
 
     def queue_unserved(self, served: set[str] | None = None) -> bool:
         """Pending on a queue that no live worker has consumed for a minute: nobody will answer."""

@@ -104,3 +104,11 @@ def test_bulk_refuses_a_plan_without_a_filter_or_step(operator):
 
 def json_text(response) -> str:
     return response.content.decode()
+
+
+def test_the_list_filters_runs_in_retry_backoff(operator, doorbells):
+    workflows.PAYMENTS.timeouts_left = 100
+    backing_off = Run.objects.start("payment", {"cents": 700})
+    failed_pricing(doorbells)
+    ids = [row["id"] for row in operator.get("/api/runs/?status=retrying").json()["results"]]
+    assert ids == [backing_off.pk]

@@ -78,3 +78,12 @@ def test_bulk_is_a_dry_run_until_yes(doorbells):
     assert {r.status for r in Run.objects.filter(workflow="pricing")} == {Status.PENDING}
     with pytest.raises(CommandError, match="needs the step's name"):
         runs("bulk", "retry", "--status", "failed")
+
+
+def test_list_shows_the_runs_in_retry_backoff(doorbells):
+    workflows.PAYMENTS.timeouts_left = 100
+    backing_off = Run.objects.start("payment", {"cents": 700})
+    other = failed_pricing(doorbells)[0]
+    listing, _ = runs("list", "--status", "retrying")
+    assert f"{backing_off.pk:>8}  waiting" in listing
+    assert f"{other.pk:>8}" not in listing

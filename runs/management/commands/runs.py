@@ -14,7 +14,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from runs import jsoninput, retention
-from runs.bulk import ACTIONS, RETRYING, BulkError, BulkPlan, Selection
+from runs.bulk import ACTIONS, RETRYING, BulkError, BulkPlan, Selection, retrying_runs
 from runs.durations import parse_duration
 from runs.export import OUTCOMES, ExportError, export_json, load_export, replay
 from runs.jsoninput import JSONInputError
@@ -69,7 +69,7 @@ class Command(BaseCommand):
         start.add_argument("--queue", default="")
 
         listing = sub.add_parser("list", help="list runs, newest first")
-        listing.add_argument("--status", choices=Status.values)
+        listing.add_argument("--status", choices=[*Status.values, RETRYING])
         listing.add_argument("--workflow")
         listing.add_argument("--limit", type=int, default=50)
 
@@ -205,7 +205,9 @@ class Command(BaseCommand):
         if limit < 1:
             raise CommandError("--limit must be at least 1")
         runs = Run.objects.all()
-        if status:
+        if status == RETRYING:
+            runs = retrying_runs(runs).order_by("-pk")
+        elif status:
             runs = runs.filter(status=status)
         if workflow:
             runs = runs.filter(workflow=workflow)
