@@ -142,3 +142,21 @@ def test_acting_under_other_code_warns_in_the_confirmation(operator_page, worker
     run.refresh_from_db()
     assert run.code_version == run.deployed_version()
     expect(page.locator("#code-history")).to_contain_text("old-build")
+
+
+def test_a_retry_across_a_received_signal_asks_whether_to_reuse_it(operator_page, worker):
+    page = operator_page
+    run = settle(worker, Run.objects.start("approval", {}), Status.WAITING)
+    run.send_signal("approve", {"approved": True, "by": "ann"})
+    settle(worker, run, Status.SUCCEEDED)
+
+    page.goto(f"/runs/{run.pk}/")
+    page.locator("#step-1").get_by_role("button", name="Retry from here").click()
+    dialog = page.locator("dialog[open]")
+    expect(dialog.get_by_label("Wait for a new signal")).to_be_checked()  # the default
+    dialog.get_by_label("Reuse the signal it received").check()
+    confirm(page)
+    expect(page.locator(".msg.success")).to_contain_text("signals it had received are reused")
+    expect(page.locator("#run-status")).to_have_text("succeeded", timeout=15_000)
+    assert Run.objects.get(pk=run.pk).output["by"] == "ann"
+    assert run.signals.count() == 2  # the original, consumed, and the copy the retry took
