@@ -47,6 +47,7 @@ def page_context(request: AuthenticatedHttpRequest, form: RecoverForm, **extra) 
     preview = plan.preview()
     context.update(plan=plan, preview=preview, verb=ACTIONS[plan.action][0], query=request.GET.urlencode())
     context["question"] = question(plan.action, preview["eligible"], plan.from_step)
+    context["button"] = button(plan.action, preview["eligible"], plan.from_step)
     # The filters travel with the action; the confirmation asks the reason (and, across a
     # received signal, whether to reuse it) again.
     asked = {"reason", "confirmed", "csrfmiddlewaretoken", "done_so_far"}
@@ -65,6 +66,16 @@ def question(action: str, count: int, from_step: str) -> str:
     if action == "retry":
         return f"Retry {runs} from step {from_step}? That step and every later one run again."
     return f"{ACTIONS[action][0].capitalize()} {runs}?"
+
+
+def button(action: str, count: int, from_step: str) -> str:
+    runs = f"{count} run{'s' if count != 1 else ''}"
+    return {
+        "retry": f"Retry {runs} from {from_step}…",
+        "retry_now": f"Retry {runs} now…",
+        "resume": f"Resume {runs}…",
+        "cancel": f"Cancel {runs}…",
+    }[action]
 
 
 def act(request: AuthenticatedHttpRequest) -> HttpResponse:

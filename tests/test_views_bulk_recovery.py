@@ -39,7 +39,7 @@ def test_it_previews_a_count_and_a_sample_then_retries_every_run(client, doorbel
     runs = failed_pricing(doorbells, 3)
     client.force_login(make_operator())
     html = client.get(URL, RETRY).content.decode()
-    assert "Retry from a step 3 runs…" in html or "3 runs to retry from a step" in html
+    assert "Retry 3 runs from check_price…</button>" in html
     assert f'href="/runs/{runs[0].pk}/"' in html
     assert "Retry 3 runs from step check_price?" in html  # the dialog's question
 

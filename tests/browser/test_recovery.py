@@ -76,7 +76,7 @@ def test_bulk_retry_from_a_step_by_filter_with_a_count_first(operator_page, work
     assert AuditEntry.objects.filter(action="retry").count() == 0  # a preview changes nothing
     screenshot(page, "bulk-recover-preview", full_page=True)
 
-    preview.get_by_role("button", name="Retry from a step 3 runs…").click()  # 3
+    preview.get_by_role("button", name="Retry 3 runs from fetch_quote…").click()  # 3
     assert "Retry 3 runs from step fetch_quote?" in confirm(page, reason="quote service back")
     expect(page.locator("#recover-progress")).to_contain_text("Retried: 3 runs; none left.")
     for run in failed:
