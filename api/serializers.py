@@ -64,6 +64,15 @@ class Integer(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+class Boolean(serializers.BooleanField):
+    """A JSON boolean: not 0, 1, "yes" or "true"."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
 class AnyJSON(serializers.JSONField):
     """Any JSON value (null included) that the database can store."""
 
@@ -362,7 +371,7 @@ class RetrySerializer(ReasonSerializer):
     from_step = Integer(
         min_value=0, max_value=2**31 - 1, help_text="Position to re-execute from; later steps run again too."
     )
-    reuse_signals = serializers.BooleanField(
+    reuse_signals = Boolean(
         default=False,
         help_text="Retrying across a signal the run received: reuse it (a copy is sent again) instead of "
         "waiting for a new one.",
@@ -378,10 +387,10 @@ class BulkSerializer(ReasonSerializer):
         allow_blank=True,
         help_text="Retry: the step name to retry from, at its (last) position in each run.",
     )
-    reuse_signals = serializers.BooleanField(default=False)
-    dry_run = serializers.BooleanField(default=False, help_text="Only count and sample; change nothing.")
+    reuse_signals = Boolean(default=False)
+    dry_run = Boolean(default=False, help_text="Only count and sample; change nothing.")
     ids = serializers.ListField(
-        child=serializers.IntegerField(min_value=1, max_value=MAX_ID),
+        child=Integer(min_value=1, max_value=MAX_ID),
         required=False,
         default=list,
         max_length=1000,

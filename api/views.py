@@ -428,9 +428,11 @@ def run_retry_now(request: Request, run_id: int) -> Response:
     summary="Resume, cancel, retry from a step or retry now: many runs by filter or id",
     description="With `dry_run` only counts and samples. Otherwise acts on one bounded batch, each run "
     "audited; post the same body again while `remaining` is above 0 and `done` is not empty. A run "
-    "already acted on is no longer eligible, so posting twice is safe.",
+    "already acted on is no longer eligible, so posting twice is safe. No filter selects every run "
+    "(the action applies to those in a state it allows). 409 when the plan cannot be made: a retry "
+    "without `from_step`.",
     request=BulkSerializer,
-    responses={200: BulkResultSerializer, 400: INVALID, **READ_ERRORS},
+    responses={200: BulkResultSerializer, 400: INVALID, 409: ERROR, **READ_ERRORS},
 )
 @api_view(["POST"])
 @permission_classes([CanOperate])
@@ -442,8 +444,8 @@ def runs_bulk(request: Request) -> Response:
     )
     try:
         plan = BulkPlan(data["action"], selection, data["from_step"], data["reuse_signals"])
-    except BulkError as exc:
-        raise ValidationError({"detail": str(exc)}) from None
+    except BulkError as exc:  # a retry without its step: valid JSON, but not a plan
+        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
     preview = plan.preview()
     result = {
         "dry_run": data["dry_run"],

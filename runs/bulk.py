@@ -45,7 +45,8 @@ class BulkError(ValueError):
 
 @dataclass
 class Selection:
-    """Which runs: every given criterion must hold. Empty criteria select nothing by themselves."""
+    """Which runs: every given criterion must hold; none given selects every run (the
+    action then applies to those in a state it allows, counted before acting)."""
 
     workflow: str = ""
     status: str = ""  # a Status value, or RETRYING
@@ -81,21 +82,6 @@ class Selection:
             runs = runs.filter(code_version=self.code_version)
         return runs
 
-    @property
-    def is_empty(self) -> bool:
-        return not any(
-            [
-                self.workflow,
-                self.status,
-                self.failed_step,
-                self.error_type,
-                self.started_after,
-                self.started_before,
-                self.code_version,
-                self.ids,
-            ]
-        )
-
 
 @dataclass
 class Batch:
@@ -116,8 +102,6 @@ class BulkPlan:
             raise BulkError(f"Unknown action {self.action!r}; the actions are {', '.join(ACTIONS)}.")
         if self.action == "retry" and not self.from_step:
             raise BulkError("Retry from a step needs the step's name.")
-        if self.selection.is_empty:
-            raise BulkError("Choose runs: select some, or give at least one filter.")
 
     def eligible(self) -> QuerySet[Run]:
         """The selected runs this action applies to, oldest first."""

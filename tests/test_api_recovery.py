@@ -95,11 +95,15 @@ def test_bulk_retry_by_failing_step_dry_run_first(operator, doorbells):
     assert {r.status for r in Run.objects.filter(workflow="pricing")} == {Status.PENDING}
 
 
-def test_bulk_refuses_a_plan_without_a_filter_or_step(operator):
-    assert post(operator, "/api/runs/bulk/", {"action": "resume"}).status_code == 400
+def test_bulk_refuses_a_retry_without_its_step_and_strict_json(operator, doorbells):
+    failed_pricing(doorbells)
     response = post(operator, "/api/runs/bulk/", {"action": "retry", "status": "failed"})
-    assert response.status_code == 400
+    assert response.status_code == 409
     assert "step's name" in json_text(response)
+    assert post(operator, "/api/runs/bulk/", {"action": "resume", "dry_run": 0}).status_code == 400
+    assert post(operator, "/api/runs/bulk/", {"action": "resume", "ids": ["1"]}).status_code == 400
+    everything = post(operator, "/api/runs/bulk/", {"action": "resume", "dry_run": True}).json()
+    assert (everything["selected"], everything["eligible"]) == (1, 1)  # no filter: every run, counted
 
 
 def json_text(response) -> str:

@@ -74,9 +74,9 @@ def test_a_plan_without_a_step_or_filter_is_explained(client, doorbells):
     client.force_login(make_operator())
     html = client.get(URL, {"action": "retry", "status": "failed"}).content.decode()
     assert "Retry from a step needs the step&#x27;s name." in html
-    response = client.post(URL, {"action": "resume", "confirmed": "yes"})
+    response = client.post(URL, {"action": "retry", "confirmed": "yes"})
     assert response.status_code == 422
-    assert "give at least one filter" in response.content.decode()
+    assert "needs the step" in response.content.decode()
 
 
 def test_the_retrying_filter_lists_attempts_and_next_attempt(client, doorbells):
