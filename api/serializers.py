@@ -64,6 +64,15 @@ class Integer(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+class Boolean(serializers.BooleanField):
+    """A JSON boolean: not 0, 1, "yes" or "true"."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
 class AnyJSON(serializers.JSONField):
     """Any JSON value (null included) that the database can store."""
 
@@ -200,6 +209,14 @@ class RunDetailSerializer(RunSerializer):
         help_text="Failed attempts of a step that has no checkpoint yet (waiting to retry)."
     )
     signals = serializers.SerializerMethodField()
+    code_warning = serializers.CharField(
+        read_only=True, help_text="Set when acting on the run would replay it under other code."
+    )
+    code_versions = serializers.ListField(
+        child=serializers.CharField(),
+        read_only=True,
+        help_text="The code versions it ran under, oldest first.",
+    )
 
     class Meta(RunSerializer.Meta):
         fields = [
@@ -209,6 +226,8 @@ class RunDetailSerializer(RunSerializer):
             "steps",
             "open_attempts",
             "signals",
+            "code_warning",
+            "code_versions",
         ]
         read_only_fields = fields
 
@@ -243,6 +262,32 @@ class ErrorSerializer(serializers.Serializer):
 class ActionResultSerializer(serializers.Serializer):
     detail = serializers.CharField(help_text="What happened, in words.")
     run = RunSerializer()
+    warnings = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="What the operator should know, e.g. that the run continued under other code.",
+    )
+
+
+class BulkSampleSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    workflow = serializers.CharField()
+    status = serializers.CharField()
+    error = serializers.CharField()
+    position = serializers.IntegerField(allow_null=True, help_text="Retry: the position retried from.")
+    code_version = serializers.CharField()
+
+
+class BulkResultSerializer(serializers.Serializer):
+    dry_run = serializers.BooleanField()
+    selected = serializers.IntegerField(help_text="Runs the filter matches (capped).")
+    eligible = serializers.IntegerField(help_text="Of those, runs the action applies to now (capped).")
+    sample = BulkSampleSerializer(many=True)
+    warnings = serializers.ListField(child=serializers.CharField())
+    done = serializers.ListField(child=serializers.IntegerField(), help_text="Runs acted on in this batch.")
+    refused = serializers.ListField(child=serializers.CharField(), help_text="Runs that changed meanwhile.")
+    remaining = serializers.IntegerField(
+        help_text="Eligible runs left: post again (same body) while it is above 0 and `done` is not empty."
+    )
 
 
 # --- writing -------------------------------------------------------------------------
@@ -252,7 +297,11 @@ class RunFilterSerializer(serializers.Serializer):
     """The run list's filters (the dashboard's), and the keyset cursor."""
 
     # Blank filters are ignored, as on the dashboard.
-    status = serializers.ChoiceField(choices=Status.choices, required=False, allow_blank=True)
+    status = serializers.ChoiceField(
+        choices=[*Status.choices, ("retrying", "retrying (waiting in a step's retry backoff)")],
+        required=False,
+        allow_blank=True,
+    )
     workflow = Text(max_length=200, required=False, allow_blank=True)
     q = Text(
         max_length=200,
@@ -322,6 +371,39 @@ class RetrySerializer(ReasonSerializer):
     from_step = Integer(
         min_value=0, max_value=2**31 - 1, help_text="Position to re-execute from; later steps run again too."
     )
+    reuse_signals = Boolean(
+        default=False,
+        help_text="Retrying across a signal the run received: reuse it (a copy is sent again) instead of "
+        "waiting for a new one.",
+    )
+
+
+class BulkSerializer(ReasonSerializer):
+    action = serializers.ChoiceField(choices=["resume", "cancel", "retry", "retry_now"])
+    from_step = Text(
+        max_length=200,
+        required=False,
+        default="",
+        allow_blank=True,
+        help_text="Retry: the step name to retry from, at its (last) position in each run.",
+    )
+    reuse_signals = Boolean(default=False)
+    dry_run = Boolean(default=False, help_text="Only count and sample; change nothing.")
+    ids = serializers.ListField(
+        child=Integer(min_value=1, max_value=MAX_ID),
+        required=False,
+        default=list,
+        max_length=1000,
+    )
+    workflow = Text(max_length=200, required=False, default="", allow_blank=True)
+    status = serializers.ChoiceField(
+        choices=["retrying", *Status.values], required=False, default="", allow_blank=True
+    )
+    failed_step = Text(max_length=200, required=False, default="", allow_blank=True)
+    error_type = Text(max_length=200, required=False, default="", allow_blank=True)
+    started_after = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    started_before = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    code_version = Text(max_length=64, required=False, default="", allow_blank=True)
 
 
 class SignalRequestSerializer(ReasonSerializer):

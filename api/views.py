@@ -26,6 +26,8 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from api.serializers import (
     ActionResultSerializer,
+    BulkResultSerializer,
+    BulkSerializer,
     EditSerializer,
     ErrorSerializer,
     ReasonSerializer,
@@ -38,6 +40,7 @@ from api.serializers import (
     StartRunSerializer,
     WorkflowSerializer,
 )
+from runs.bulk import RETRYING, BulkError, BulkPlan, Selection, retrying_runs
 from runs.export import attach_attempts, export_run
 from runs.forms import search_condition
 from runs.models import InvalidOperation, Run, UnknownQueue, ensure_json
@@ -169,6 +172,9 @@ def runs(request: Request) -> Response:
 def list_runs(request: Request) -> Response:
     filters = valid(RunFilterSerializer, request.query_params)
     runs = Run.objects.all()
+    if filters.get("status") == RETRYING:
+        runs = retrying_runs(runs)
+        filters["status"] = ""
     for name, lookup in [
         ("status", "status"),
         ("workflow", "workflow"),
@@ -261,9 +267,12 @@ def run_export(request: Request, run_id: int) -> Response:
 # --- operator actions ------------------------------------------------------------------
 
 
-def done(message: str, run: Run) -> Response:
+def done(message: str, run: Run, warning: str = "") -> Response:
+    """The action's answer; `warning` is what the run's code warning said before acting."""
     run.refresh_from_db()
-    return Response({"detail": message, "run": RunSerializer(run).data})
+    return Response(
+        {"detail": message, "run": RunSerializer(run).data, "warnings": [warning] if warning else []}
+    )
 
 
 ACTION = {200: ActionResultSerializer, **ACTION_ERRORS}
@@ -280,8 +289,9 @@ ACTION = {200: ActionResultSerializer, **ACTION_ERRORS}
 def run_resume(request: Request, run_id: int) -> Response:
     run = find_run(run_id)
     data = valid(ReasonSerializer, request.data)
+    warning = run.code_warning()
     run.resume(by=request.user, reason=data["reason"])
-    return done(f"Resumed run {run.pk}.", run)
+    return done(f"Resumed run {run.pk}.", run, warning)
 
 
 @extend_schema(
@@ -297,8 +307,15 @@ def run_resume(request: Request, run_id: int) -> Response:
 def run_retry(request: Request, run_id: int) -> Response:
     run = find_run(run_id)
     data = valid(RetrySerializer, request.data)
-    run.retry_from(data["from_step"], by=request.user, reason=data["reason"])
-    return done(f"Retrying run {run.pk} from step {data['from_step']}.", run)
+    warning = run.code_warning()
+    details = run.retry_from(
+        data["from_step"], by=request.user, reason=data["reason"], reuse_signals=data["reuse_signals"]
+    )
+    reused = len(details.get("reused_signals", []))
+    message = f"Retrying run {run.pk} from step {data['from_step']}."
+    if reused:
+        message += f" {reused} signal(s) it had received are sent again."
+    return done(message, run, warning)
 
 
 @extend_schema(
@@ -343,8 +360,9 @@ def run_terminate(request: Request, run_id: int) -> Response:
 def run_signal(request: Request, run_id: int) -> Response:
     run = find_run(run_id)
     data = valid(SignalRequestSerializer, request.data)
+    warning = run.code_warning()
     run.send_signal(data["name"], data["payload"], by=request.user, reason=data["reason"])
-    return done(f"Sent signal {data['name']!r} to run {run.pk}.", run)
+    return done(f"Sent signal {data['name']!r} to run {run.pk}.", run, warning)
 
 
 @extend_schema(
@@ -359,5 +377,87 @@ def run_signal(request: Request, run_id: int) -> Response:
 def run_edit(request: Request, run_id: int) -> Response:
     run = find_run(run_id)
     data = valid(EditSerializer, request.data)
+    warning = run.code_warning()
     run.edit_checkpoint(data["position"], data["output"], by=request.user, reason=data["reason"])
-    return done(f"Replaced the output of step {data['position']} of run {run.pk} and resumed it.", run)
+    return done(
+        f"Replaced the output of step {data['position']} of run {run.pk} and resumed it.", run, warning
+    )
+
+
+@extend_schema(
+    operation_id="runs_edit_and_continue",
+    summary="Replace a step's output and run every later step again",
+    description="The old checkpoint is kept, superseded, and so are the later ones; the run resumes at "
+    "the next position with new idempotency keys. The audit entry records before and after.",
+    request=EditSerializer,
+    responses=ACTION,
+)
+@api_view(["POST"])
+@permission_classes([CanOperate])
+def run_edit_and_continue(request: Request, run_id: int) -> Response:
+    run = find_run(run_id)
+    data = valid(EditSerializer, request.data)
+    warning = run.code_warning()
+    run.edit_and_continue(data["position"], data["output"], by=request.user, reason=data["reason"])
+    position = data["position"]
+    return done(
+        f"Replaced the output of step {position} of run {run.pk}; it continues from step {position + 1}.",
+        run,
+        warning,
+    )
+
+
+@extend_schema(
+    operation_id="runs_retry_now",
+    summary="Cut a step's retry backoff short: its next attempt starts now",
+    request=ReasonSerializer,
+    responses=ACTION,
+)
+@api_view(["POST"])
+@permission_classes([CanOperate])
+def run_retry_now(request: Request, run_id: int) -> Response:
+    run = find_run(run_id)
+    data = valid(ReasonSerializer, request.data)
+    warning = run.code_warning()
+    run.retry_now(by=request.user, reason=data["reason"])
+    return done(f"Run {run.pk} retries its step now.", run, warning)
+
+
+@extend_schema(
+    operation_id="runs_bulk",
+    summary="Resume, cancel, retry from a step or retry now: many runs by filter or id",
+    description="With `dry_run` only counts and samples. Otherwise acts on one bounded batch, each run "
+    "audited; post the same body again while `remaining` is above 0 and `done` is not empty. A run "
+    "already acted on is no longer eligible, so posting twice is safe. No filter selects every run "
+    "(the action applies to those in a state it allows). 409 when the plan cannot be made: a retry "
+    "without `from_step`.",
+    request=BulkSerializer,
+    responses={200: BulkResultSerializer, 400: INVALID, 409: ERROR, **READ_ERRORS},
+)
+@api_view(["POST"])
+@permission_classes([CanOperate])
+def runs_bulk(request: Request) -> Response:
+    data = valid(BulkSerializer, request.data)
+    filters = ("workflow", "status", "failed_step", "error_type", "started_after", "started_before")
+    selection = Selection(
+        **{name: data[name] for name in filters}, code_version=data["code_version"], ids=data["ids"]
+    )
+    try:
+        plan = BulkPlan(data["action"], selection, data["from_step"], data["reuse_signals"])
+    except BulkError as exc:  # a retry without its step: valid JSON, but not a plan
+        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+    preview = plan.preview()
+    result = {
+        "dry_run": data["dry_run"],
+        "selected": preview["selected"],
+        "eligible": preview["eligible"],
+        "sample": preview["sample"],
+        "warnings": preview["code_warnings"],
+        "done": [],
+        "refused": [],
+        "remaining": preview["eligible"],
+    }
+    if not data["dry_run"]:
+        batch = plan.apply_batch(by=request.user, reason=data["reason"])
+        result.update(done=batch.done, refused=batch.refused, remaining=batch.remaining)
+    return Response(BulkResultSerializer(result).data)

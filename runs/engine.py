@@ -365,6 +365,7 @@ class RunContext:
             position=position,
             name=definition.name,
             number=attempt,
+            max_attempts=definition.retry.max_attempts,
             started_at=started,
             finished_at=timezone.now(),
             **error,

@@ -187,3 +187,58 @@ class BulkForm(ReasonForm):
     def eligible(self, runs: QuerySet[Run]) -> QuerySet[Run]:
         statuses, _ = BULK_ACTIONS[self.cleaned_data["action"]]
         return runs.filter(status__in=statuses)
+
+
+class RecoverForm(forms.Form):
+    """The bulk recovery page: which runs (filters), what to do, and from which step."""
+
+    action = forms.ChoiceField(
+        choices=[
+            ("retry", "Retry from a step"),
+            ("resume", "Resume"),
+            ("retry_now", "Retry now (runs in backoff)"),
+            ("cancel", "Cancel"),
+        ]
+    )
+    from_step = forms.CharField(
+        required=False,
+        max_length=200,
+        label="Retry from step",
+        help_text="A step name, e.g. tool:issue_refund",
+    )
+    workflow = forms.CharField(required=False, max_length=200)
+    status = forms.ChoiceField(
+        required=False,
+        choices=[("", "any status"), ("retrying", "retrying (in backoff)"), *Status.choices],
+    )
+    failed_step = forms.CharField(required=False, max_length=200, label="Failed at step")
+    error_type = forms.CharField(required=False, max_length=200, label="Error type")
+    started_after = forms.DateTimeField(required=False, label="Started from", widget=DateTimeLocalInput())
+    started_before = forms.DateTimeField(required=False, label="to", widget=DateTimeLocalInput())
+    code_version = forms.CharField(required=False, max_length=64, label="Code version")
+    reuse_signals = forms.BooleanField(required=False, label="Reuse received signals")
+    reason = forms.CharField(required=False, max_length=1000, strip=True)
+
+    FILTERS = (
+        "workflow",
+        "status",
+        "failed_step",
+        "error_type",
+        "started_after",
+        "started_before",
+        "code_version",
+    )
+
+    def plan(self):
+        """The BulkPlan these fields describe; raises runs.bulk.BulkError when it cannot be made."""
+        from runs.bulk import BulkPlan, Selection
+
+        data = self.cleaned_data
+        selection = Selection(
+            **{name: data[name] or _empty(name) for name in (*self.FILTERS, "code_version")}
+        )
+        return BulkPlan(data["action"], selection, data["from_step"], bool(data["reuse_signals"]))
+
+
+def _empty(name: str):
+    return None if name.startswith("started_") else ""

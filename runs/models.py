@@ -151,6 +151,20 @@ def actor_label(by) -> str:
     return by.get_username()
 
 
+def code_versions_from(audit_details, current: str) -> list[str]:
+    """The code versions a run ran under, oldest first, from its audit entries' details
+    (oldest first): each change of version is recorded as {"code_version": {"before", "after"}}."""
+    versions: list[str] = []
+    for details in audit_details:
+        change = details.get("code_version") if isinstance(details, dict) else None
+        if not isinstance(change, dict):
+            continue  # rendering stored data never fails
+        if not versions:
+            versions.append(str(change.get("before") or ""))
+        versions.append(str(change.get("after") or ""))
+    return versions or ([current] if current else [])
+
+
 class RunQuerySet(models.QuerySet):
     def start(self, workflow: str, input: Any = None, **options) -> Run:
         """Create a pending run of a registered workflow and ring its doorbell."""
@@ -452,6 +466,41 @@ class Run(models.Model):
 
     def failed_attempts_at(self, position: int) -> int:
         return Attempt.objects.live().filter(run=self, position=position).count()
+
+    def backoff(self) -> dict[str, Any] | None:
+        """For a run waiting to retry a step: which step, attempts failed of how many, next at.
+
+        None for any other run, and for a retry wait with no failed attempt on record."""
+        if not self.can_retry_now:
+            return None
+        failed = list(
+            Attempt.objects.live()
+            .filter(run=self, position=self.wait_position, branch__isnull=True)
+            .order_by("number", "id")
+            .values_list("name", "max_attempts")
+        )
+        if not failed:
+            return None  # set by hand (the admin): nothing to count
+        return {
+            "position": self.wait_position,
+            "step": failed[-1][0],
+            "failed": len(failed),
+            "max_attempts": failed[-1][1],
+            "next_at": self.wake_at,
+        }
+
+    def code_versions(self) -> list[str]:
+        """The code versions the run has run under, oldest first.
+
+        Each resume, retry or edit under other code records the change in its audit entry
+        (see _reopen), so the history is read from there.
+        """
+        changes = (
+            self.audit_entries.filter(details__has_key="code_version")
+            .order_by("id")
+            .values_list("details", flat=True)
+        )
+        return code_versions_from(changes, self.code_version)
 
     def step_idempotency_key(self, position: int, epoch: int | None = None) -> str:
         return f"{self.idempotency_key}-{self.epoch if epoch is None else epoch}-{position}"
@@ -880,11 +929,19 @@ class Run(models.Model):
 
     # --- operator operations ----------------------------------------------------
 
-    def _reopen(self, allowed, action: str, **fields) -> None:
-        """Move the run from one of `allowed` back into line, or explain why not."""
+    def _reopen(self, allowed, action: str, **fields) -> dict[str, Any]:
+        """Move the run from one of `allowed` back into line, or explain why not.
+
+        The run continues under the code deployed here, so it records that version;
+        returns the change for the audit entry ({} when the version is the same).
+        """
         target = entry_status(self.workflow)
         check_transition(allowed, target)
         now = timezone.now()
+        recorded = Run.objects.filter(pk=self.pk).values_list("code_version", flat=True).first()
+        deployed = self.deployed_version()
+        if deployed is not None:
+            fields.setdefault("code_version", deployed)
         updated = Run.objects.filter(pk=self.pk, status__in=allowed).update(
             status=target,
             output=None,
@@ -911,6 +968,9 @@ class Run(models.Model):
                 f"Cannot {action} run {self.pk}: it is {self.get_status_display()} "
                 f"(allowed when the run is {names})."
             )
+        if deployed is None or deployed == recorded:
+            return {}
+        return {"code_version": {"before": recorded, "after": deployed}}
 
     def resume(self, by=None, reason: str = "") -> None:
         """Continue a failed or dead-lettered run from where it stopped.
@@ -921,8 +981,7 @@ class Run(models.Model):
         """
         with transaction.atomic():
             failed_at = Run.objects.filter(pk=self.pk).values_list("error_position", flat=True).first()
-            self._reopen([Status.FAILED, Status.DEAD], "resume", recovery_count=0)
-            details: dict[str, Any] = {}
+            details: dict[str, Any] = self._reopen([Status.FAILED, Status.DEAD], "resume", recovery_count=0)
             if failed_at is not None:
                 step = self.checkpoints.live().filter(position=failed_at, status=CheckpointStatus.FAILED)
                 if step.exists():
@@ -942,11 +1001,16 @@ class Run(models.Model):
             self.announce()
         self.refresh_from_db()
 
-    def retry_from(self, position: int, by=None, reason: str = "") -> None:
+    def retry_from(
+        self, position: int, by=None, reason: str = "", *, reuse_signals: bool = False
+    ) -> dict[str, Any]:
         """Re-execute the run from `position`: later checkpoints are superseded, not deleted.
 
         The run's epoch goes up, so the re-executed steps get new idempotency keys: the
-        operator asked for their side effects to happen again.
+        operator asked for their side effects to happen again. A signal the superseded
+        steps had received is waited for anew, unless `reuse_signals`: then each is sent
+        again (a copy, the original stays consumed) for the replayed wait to take.
+        Returns the audit entry's details.
         """
         with transaction.atomic():
             live = self.checkpoints.live().count()
@@ -955,36 +1019,62 @@ class Run(models.Model):
                     f"Run {self.pk} has no step at position {position}; "
                     + (f"its steps are at positions 0 to {live - 1}." if live else "it has no steps yet.")
                 )
-            self._reopen(
+            details = self._reopen(
                 [Status.FAILED, Status.DEAD, Status.SUCCEEDED, Status.CANCELLED],
                 "retry",
                 epoch=F("epoch") + 1,
                 steps_done=position,
                 recovery_count=0,
             )
-            superseded = Checkpoint.objects.supersede_from(self, position)
-            Attempt.objects.supersede_from(self, position)
-            AuditEntry.record(
-                self,
-                "retry",
-                by,
-                reason=reason,
-                details={"from_position": position, "superseded": superseded},
-            )
-            Branch.objects.supersede_from(self, position)
-            # Children started at the superseded positions are replaced on replay (their
-            # dedupe key includes the epoch); the unfinished ones are stopped.
-            superseded_children = self.children.filter(
-                parent_position__gte=position, status__in=list(ACTIVE_STATUSES)
-            ).only("pk", "workflow")
-            for child in superseded_children:
-                try:
-                    child.cancel(by=by, reason=f"parent run {self.pk} retried from step {position}")
-                except InvalidOperation:
-                    pass  # it finished meanwhile
+            if reuse_signals:  # read before the steps that received them are superseded
+                details["reused_signals"] = self._resend_signals_from(position, by)
+            details.update(from_position=position, **self._supersede_from(position, by, "retried"))
+            AuditEntry.record(self, "retry", by, reason=reason, details=details)
             self.status = entry_status(self.workflow)
             self.announce()
         self.refresh_from_db()
+        return details
+
+    def _supersede_from(self, position: int, by, how: str) -> dict[str, Any]:
+        """Mark everything recorded from `position` on superseded; stop children started there."""
+        superseded = Checkpoint.objects.supersede_from(self, position)
+        Attempt.objects.supersede_from(self, position)
+        Branch.objects.supersede_from(self, position)
+        # Children started at the superseded positions are replaced on replay (their
+        # dedupe key includes the epoch); the unfinished ones are stopped.
+        superseded_children = self.children.filter(
+            parent_position__gte=position, status__in=list(ACTIVE_STATUSES)
+        ).only("pk", "workflow")
+        for child in superseded_children:
+            try:
+                child.cancel(by=by, reason=f"parent run {self.pk} {how} from step {position}")
+            except InvalidOperation:
+                pass  # it finished meanwhile
+        return {"superseded": superseded}
+
+    def signals_received_from(self, position: int):
+        """Signals consumed by the live steps at `position` and after (what a retry would wait for again)."""
+        # A signal step's checkpoint names the signal it took (see take_signal).
+        outputs = self.checkpoints.live().filter(position__gte=position, name__startswith="signal:")
+        ids = [
+            output.get("signal_id")
+            for output in outputs.values_list("output", flat=True)
+            if isinstance(output, dict)
+        ]
+        return self.signals.filter(pk__in=[pk for pk in ids if isinstance(pk, int)])
+
+    def last_signal_position(self) -> int | None:
+        """The last live position that received a signal: a retry at or before it goes back across one."""
+        signals = self.checkpoints.live().filter(name__startswith="signal:")
+        return signals.aggregate(last=models.Max("position"))["last"]
+
+    def _resend_signals_from(self, position: int, by) -> list[int]:
+        received = list(self.signals_received_from(position).order_by("id"))
+        Signal.objects.bulk_create(
+            Signal(run=self, name=signal.name, payload=signal.payload, sent_by=actor_label(by))
+            for signal in received
+        )
+        return [signal.pk for signal in received]
 
     def cancel(self, by=None, reason: str = "") -> str:
         """Cancel now if no worker holds the run; else its worker interrupts the step (runs.liveness)."""
@@ -1145,21 +1235,9 @@ class Run(models.Model):
             old = self.checkpoints.live().filter(position=position).first()
             if old is None:
                 raise InvalidOperation(f"Run {self.pk} has no live checkpoint at position {position}.")
-            self._reopen([Status.FAILED, Status.DEAD], "edit and resume", recovery_count=0)
+            reopened = self._reopen([Status.FAILED, Status.DEAD], "edit and resume", recovery_count=0)
             Checkpoint.objects.filter(pk=old.pk).update(superseded_at=timezone.now())
-            new = Checkpoint.objects.create(
-                run=self,
-                position=old.position,
-                name=old.name,
-                status=CheckpointStatus.SUCCEEDED,
-                output=output,
-                attempts=old.attempts,
-                epoch=old.epoch,
-                started_at=old.started_at,
-                finished_at=old.finished_at,
-                edited_from=old,
-                meta=old.meta,
-            )
+            new = self._edited_copy(old, output)
             details = {
                 "position": position,
                 "before": old.output if old.status == CheckpointStatus.SUCCEEDED else None,
@@ -1167,11 +1245,87 @@ class Run(models.Model):
                 "after": output,
             }
             AuditEntry.record(self, "edit", by, reason=reason, details=details)
-            AuditEntry.record(self, "resume", by, reason=reason, details={"after_edit": position})
+            AuditEntry.record(self, "resume", by, reason=reason, details={"after_edit": position, **reopened})
             self.status = entry_status(self.workflow)
             self.announce()
         self.refresh_from_db()
         return new
+
+    def edit_and_continue(self, position: int, output: Any, by=None, reason: str = "") -> Checkpoint:
+        """Replace a step's output and run every later step again from it.
+
+        The edited checkpoint stays live (the old one is kept, superseded); the later
+        checkpoints, attempts and branches are superseded, and the run resumes at the next
+        position. Like a retry it bumps the epoch: the later steps are called with new
+        values, so they get new idempotency keys.
+        """
+        try:
+            output = ensure_json(output, "checkpoint output")
+        except ValueError as exc:
+            raise InvalidOperation(str(exc)) from None
+        with transaction.atomic():
+            old = self.checkpoints.live().filter(position=position).first()
+            if old is None:
+                raise InvalidOperation(f"Run {self.pk} has no live checkpoint at position {position}.")
+            details = self._reopen(
+                [Status.FAILED, Status.DEAD, Status.SUCCEEDED, Status.CANCELLED],
+                "edit and continue",
+                epoch=F("epoch") + 1,
+                steps_done=position + 1,
+                recovery_count=0,
+            )
+            Checkpoint.objects.filter(pk=old.pk).update(superseded_at=timezone.now())
+            new = self._edited_copy(old, output)
+            details.update(
+                position=position,
+                name=old.name,
+                before=old.output if old.status == CheckpointStatus.SUCCEEDED else None,
+                before_error=f"{old.error_type}: {old.error_message}" if old.error_type else "",
+                after=output,
+                **self._supersede_from(position + 1, by, "edited and continued"),
+            )
+            AuditEntry.record(self, "edit and continue", by, reason=reason, details=details)
+            self.status = entry_status(self.workflow)
+            self.announce()
+        self.refresh_from_db()
+        return new
+
+    def _edited_copy(self, old: Checkpoint, output: Any) -> Checkpoint:
+        return Checkpoint.objects.create(
+            run=self,
+            position=old.position,
+            name=old.name,
+            status=CheckpointStatus.SUCCEEDED,
+            output=output,
+            attempts=old.attempts,
+            epoch=old.epoch,
+            started_at=old.started_at,
+            finished_at=old.finished_at,
+            edited_from=old,
+            meta=old.meta,
+        )
+
+    def retry_now(self, by=None, reason: str = "") -> None:
+        """Cut short a step's retry backoff: the next attempt starts now."""
+        target = entry_status(self.workflow)
+        check_transition([Status.WAITING], target)
+        now = timezone.now()
+        with transaction.atomic():
+            backoff = Run.objects.filter(pk=self.pk, status=Status.WAITING, wait_kind=WaitKind.RETRY)
+            due = backoff.values("wait_position", "wake_at").first() or {}
+            woken = backoff.update(status=target, dispatched_at=now, updated_at=now)
+            if not woken:
+                self.refresh_from_db(fields=["status", "wait_kind"])
+                raise InvalidOperation(
+                    f"Cannot retry run {self.pk} now: it is {self.get_status_display()}"
+                    + (f" ({self.get_wait_kind_display()})" if self.wait_kind else "")
+                    + "; only a run backing off before its next attempt can."
+                )
+            details = {"position": due["wait_position"], "was_due": _jsonable(due["wake_at"])}
+            AuditEntry.record(self, "retry now", by, reason=reason, details=details)
+            self.status = target
+            self.announce()
+        self.refresh_from_db()
 
     # --- dashboard reading ---
     # Read-only helpers for the operator dashboard. None of them queries the
@@ -1204,6 +1358,23 @@ class Run(models.Model):
         except UnknownWorkflow:
             return None
 
+    def code_warning(self) -> str:
+        """What an operator acting on this run must know about its code; "" when nothing.
+
+        Said in every confirmation (dashboard, CLI, API): a resume or retry replays the
+        recorded steps with the code deployed here, and the run then records its version.
+        """
+        deployed = self.deployed_version()
+        if deployed is None:
+            return f"Workflow {self.workflow!r} is not registered in the code deployed here."
+        if not self.code_version or deployed == self.code_version:
+            return ""
+        return (
+            f"The code changed since this run last ran: it ran version {self.code_version}, "
+            f"the deployed code is version {deployed}. Its recorded steps are replayed with the "
+            "deployed code, which may take a different path; the run will record the new version."
+        )
+
     def queue_unserved(self, served: set[str] | None = None) -> bool:
         """Pending on a queue that no live worker has consumed for a minute: nobody will answer."""
         if self.status != Status.PENDING:
@@ -1234,6 +1405,14 @@ class Run(models.Model):
     @property
     def can_edit(self) -> bool:
         return self.status in (Status.FAILED, Status.DEAD)
+
+    @property
+    def can_edit_and_continue(self) -> bool:
+        return self.can_retry
+
+    @property
+    def can_retry_now(self) -> bool:
+        return self.status == Status.WAITING and self.wait_kind == WaitKind.RETRY
 
     @property
     def key_prefix(self) -> str:

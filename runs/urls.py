@@ -1,12 +1,13 @@
 from django.urls import path
 
-from runs import views
+from runs import bulk_views, run_actions, views
 
 urlpatterns = [
     path("", views.run_list, name="run_list"),
     path("runs/rows/", views.run_rows, name="run_rows"),
     path("overview/", views.run_overview, name="run_overview"),
     path("runs/bulk/", views.run_bulk, name="run_bulk"),
+    path("runs/recover/", bulk_views.recover, name="run_recover"),
     path("runs/<int:run_id>/", views.run_detail, name="run_detail"),
     path("runs/<int:run_id>/live/", views.run_live, name="run_live"),
     path("runs/<int:run_id>/value/<str:part>/", views.run_value, name="run_value"),
@@ -17,6 +18,12 @@ urlpatterns = [
     path("runs/<int:run_id>/steps/<int:position>/", views.run_step, name="run_step"),
     path("runs/<int:run_id>/steps/<int:position>/retry/", views.run_retry, name="run_retry"),
     path("runs/<int:run_id>/steps/<int:position>/edit/", views.checkpoint_edit, name="checkpoint_edit"),
+    path(
+        "runs/<int:run_id>/steps/<int:position>/edit-and-continue/",
+        run_actions.checkpoint_edit_and_continue,
+        name="checkpoint_edit_and_continue",
+    ),
+    path("runs/<int:run_id>/retry-now/", run_actions.run_retry_now, name="run_retry_now"),
     path(
         "runs/<int:run_id>/checkpoints/<int:checkpoint_id>/",
         views.checkpoint_detail,

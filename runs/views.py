@@ -58,10 +58,18 @@ from runs.forms import (
     SignalForm,
     pretty,
 )
-from runs.models import AuditEntry, InvalidOperation, Run, Status, WaitKind, WorkerProcess
+from runs.models import (
+    AuditEntry,
+    InvalidOperation,
+    Run,
+    Status,
+    WaitKind,
+    WorkerProcess,
+    code_versions_from,
+)
 from runs.templatetags.dashboard import JSON_CAP
 from runs.workflow import registry
-from steps.models import Attempt, Branch, Checkpoint, CheckpointStatus
+from steps.models import Attempt, AttemptGroup, Branch, Checkpoint, CheckpointStatus, group_attempts
 
 PAGE_SIZE = 50
 # The live-rows fragment refreshes at most this many rows per poll.
@@ -590,6 +598,7 @@ class StepRow:
     attempts: Sequence[Attempt] = ()
     branches: Sequence[Branch] = ()  # calls of a parallel group here
     url: str = ""  # where the step's details are
+    crosses_signal: bool = False  # a retry from here goes back across a received signal
 
     @property
     def all_checkpoints(self) -> list[Checkpoint | CheckpointLine]:
@@ -604,6 +613,15 @@ class StepRow:
         if any(branch.superseded_at is None for branch in self.branches):
             return "running"
         return "superseded"
+
+    @property
+    def attempt_groups(self) -> list[AttemptGroup]:
+        return group_attempts(self.attempts)
+
+    @property
+    def earlier_attempts(self) -> int:
+        """Failed attempts before the last recovery: shown apart, not in the checkpoint's count."""
+        return sum(1 for attempt in self.attempts if attempt.superseded_at is not None)
 
     @property
     def live_attempts(self) -> int:
@@ -725,8 +743,14 @@ def detail_context(request: AuthenticatedHttpRequest, run: Run, **extra) -> dict
     waiting_for_signal = run.status == Status.WAITING and run.wait_kind == WaitKind.SIGNAL
     username = request.user.get_username()
     step_url = url_filler("run_step", run.pk)
+    # The page has every checkpoint already: no query for the last signal's position.
+    signal_positions = [
+        step.position for step in steps if step.checkpoint and step.checkpoint.name.startswith("signal:")
+    ]
+    last_signal = max(signal_positions, default=None)
     for step in steps:
         step.url = step_url(step.position)
+        step.crosses_signal = last_signal is not None and step.position <= last_signal
     context = {
         "run": run,
         "steps": steps,
@@ -740,6 +764,8 @@ def detail_context(request: AuthenticatedHttpRequest, run: Run, **extra) -> dict
         "queue_unserved": run.queue_unserved(),
         "usage": accounting.totals_for_runs([run.pk]).get(run.pk),
         "code": code_version(run),
+        "code_warning": run.code_warning(),
+        "backoff": run.backoff(),
         "version": live_stamp(run),
         # A long run's page is heavy to redraw: it refreshes less often.
         "poll_every": "2s" if len(steps) <= LONG_RUN_STEPS else "10s",
@@ -749,6 +775,10 @@ def detail_context(request: AuthenticatedHttpRequest, run: Run, **extra) -> dict
         "approve_payload": json.dumps({"approved": True, "note": f"approved by {username}", "by": username}),
         "reject_payload": json.dumps({"approved": False, "note": f"rejected by {username}", "by": username}),
     }
+    # The version history from the audit entries already read (the newest AUDIT_SHOWN).
+    context["code_versions"] = code_versions_from(
+        [entry.details for entry in reversed(context["audit"])], run.code_version
+    )
     context.update(extra)
     return context
 
@@ -796,7 +826,15 @@ def run_step(request: AuthenticatedHttpRequest, run_id: int, position: int) -> H
     )
     if not steps:
         raise Http404
-    context = {"run": run, "step": steps[0], "output_cap": JSON_CAP, "inline": False}
+    last_signal = run.last_signal_position()
+    steps[0].crosses_signal = last_signal is not None and position <= last_signal
+    context = {
+        "run": run,
+        "step": steps[0],
+        "output_cap": JSON_CAP,
+        "inline": False,
+        "code_warning": run.code_warning(),
+    }
     if request.htmx and not request.htmx.history_restore_request:
         return render(request, "runs/step.html#step-details", context)
     return render(request, "runs/step.html", context)
@@ -827,12 +865,18 @@ def checkpoint_detail(request: AuthenticatedHttpRequest, run_id: int, checkpoint
 def checkpoint_context(request, run: Run, checkpoint: Checkpoint, form: EditOutputForm | None = None):
     old = pretty(checkpoint.output) if checkpoint.status == CheckpointStatus.SUCCEEDED else ""
     attempts = Attempt.objects.filter(run=run, position=checkpoint.position).order_by("number", "id")
+    continues = checkpoint.status != CheckpointStatus.FAILED
+    editable = run.can_edit_and_continue if continues else run.can_edit
     return {
         "run": run,
         "checkpoint": checkpoint,
         "attempts": list(attempts),
+        "attempt_groups": group_attempts(attempts),
         "form": form or EditOutputForm(initial={"output": old}),
-        "editable": run.can_edit and checkpoint.is_live and request.user.has_perm("runs.operate"),
+        "editable": editable and checkpoint.is_live and request.user.has_perm("runs.operate"),
+        # Editing any step but the failed one runs the steps after it again (Run.edit_and_continue).
+        "continues": continues,
+        "code_warning": run.code_warning() if editable else "",
     }
 
 
@@ -856,6 +900,7 @@ def confirm_page(request: AuthenticatedHttpRequest, run: Run | None, question: s
         "action": request.path,
         "hidden": hidden_fields(request),
         "reason": request.POST.get("reason", ""),
+        "code_warning": run.code_warning() if run else "",
         **extra,
     }
     return render(request, "runs/confirm.html", context)
@@ -936,8 +981,11 @@ def run_retry(request: AuthenticatedHttpRequest, run_id: int, position: int) -> 
     run = get_run(request, run_id, operate=True)
 
     def retry(data) -> str:
-        run.retry_from(position, by=request.user, reason=data["reason"])
-        return f"Run {run.pk} is retrying from step {position}; later steps were superseded."
+        reuse = request.POST.get("reuse_signals") == "yes"  # asked when the retry crosses a signal
+        run.retry_from(position, by=request.user, reason=data["reason"], reuse_signals=reuse)
+        return f"Run {run.pk} is retrying from step {position}; later steps were superseded." + (
+            " The signals it had received are reused." if reuse else ""
+        )
 
     question = (
         f"Retry run {run.pk} from step {position}? Step {position} and every step after it "

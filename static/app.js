@@ -20,6 +20,54 @@
     if (panel) panel.remove();
   });
 
+  // Confirmations: a form marked data-confirm holds a <dialog> with the question, any
+  // warning and the reason field. Submitting opens it; "Yes" marks the form confirmed and
+  // submits it again (htmx sends it then). Without this file the server asks instead.
+  document.addEventListener(
+    "submit",
+    function (event) {
+      var form = event.target;
+      if (!form.matches || !form.matches("form[data-confirm]")) return;
+      var confirmed = form.querySelector("input[name=confirmed]");
+      if (confirmed && confirmed.value === "yes") return;
+      var dialog = form.querySelector("dialog");
+      if (!dialog) return;
+      event.preventDefault();
+      event.stopPropagation();
+      if (!dialog.open) dialog.showModal();
+    },
+    true
+  );
+
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest && event.target.closest("[data-confirm-yes], [data-confirm-no]");
+    if (!button) return;
+    var form = button.closest("form");
+    var dialog = button.closest("dialog");
+    if (button.hasAttribute("data-confirm-no")) {
+      dialog.close();
+      return;
+    }
+    form.querySelector("input[name=confirmed]").value = "yes";
+    dialog.close();
+    form.requestSubmit();
+  });
+
+  // A confirmation closed without "Yes" leaves its form unconfirmed for the next time.
+  document.addEventListener(
+    "close",
+    function (event) {
+      var dialog = event.target;
+      if (!dialog.matches || !dialog.matches("form[data-confirm] dialog")) return;
+      var form = dialog.closest("form");
+      window.setTimeout(function () {
+        var confirmed = form.querySelector("input[name=confirmed]");
+        if (confirmed) confirmed.value = "";
+      }, 0);
+    },
+    true
+  );
+
   // A live section does not refresh under an operator who is typing in it,
   // or who has a traceback or a long output unfolded; it catches up afterwards.
   document.addEventListener("htmx:beforeRequest", function (event) {
@@ -28,7 +76,7 @@
     var focused = document.activeElement;
     var typing = focused && element.contains(focused) && focused.matches("input, textarea, select");
     var reading = element.querySelector(
-      "details.traceback[open], details.json[open], details.step-more[open], .edit-form"
+      "details.traceback[open], details.json[open], details.step-more[open], .edit-form, dialog[open]"
     );
     if (typing || reading) event.preventDefault();
   });

@@ -1,8 +1,10 @@
 """Django admin for checkpoints, failed attempts and parallel branches: history, read-only.
 
-The one edit allowed is a live checkpoint's output while its run is failed or
-dead-lettered, and it goes through Run.edit_checkpoint: the old checkpoint is
-kept (superseded), the run resumes, and the audit log records before and after.
+The one edit allowed is a live checkpoint's output while its run is finished. It goes
+through Run.edit_and_continue (every later step runs again) or, for a failed or
+dead-lettered run when "continue" is unticked, Run.edit_checkpoint (only this output is
+replaced): the old checkpoint is kept (superseded), the run resumes, and the audit log
+records before and after.
 """
 
 from __future__ import annotations
@@ -45,6 +47,14 @@ class CheckpointAdminForm(forms.ModelForm):
         required=False, help_text="JSON. Saving replaces the output and resumes the run."
     )
     audit_reason = forms.CharField(required=False, max_length=1000, label="Reason")
+    continue_from_here = forms.BooleanField(
+        required=False,
+        initial=True,
+        label="Edit and continue",
+        help_text="Run every step after this one again with the new value (its later checkpoints are "
+        "superseded, kept). Untick to replace only this output and resume: the later steps "
+        "replay what they recorded.",
+    )
 
     class Meta:
         model = Checkpoint
@@ -53,10 +63,12 @@ class CheckpointAdminForm(forms.ModelForm):
     def clean(self):
         data = super().clean()
         run = self.instance.run
-        if "output" in self.changed_data and not (self.instance.is_live and run.can_edit):
+        allowed = run.can_edit_and_continue if data.get("continue_from_here") else run.can_edit
+        if "output" in self.changed_data and not (self.instance.is_live and allowed):
             raise ValidationError(
-                f"Only a live checkpoint of a failed or dead-lettered run can be edited; "
-                f"run {run.pk} is {run.get_status_display()}."
+                f"Only a live checkpoint of a finished run can be edited and continued, and only one "
+                f"of a failed or dead-lettered run replaced alone; run {run.pk} is "
+                f"{run.get_status_display()}."
             )
         return data
 
@@ -101,11 +113,13 @@ class CheckpointAdmin(SafeJSONReadonly, RunLink, admin.ModelAdmin):
         return obj.is_live
 
     def editable(self, request, obj) -> bool:
-        return bool(obj and obj.is_live and obj.run.can_edit and request.user.has_perm("runs.operate"))
+        return bool(
+            obj and obj.is_live and obj.run.can_edit_and_continue and request.user.has_perm("runs.operate")
+        )
 
     def field_names(self, request, obj=None):
         if self.editable(request, obj):
-            return ("output", "audit_reason", *self.history)
+            return ("output", "continue_from_here", "audit_reason", *self.history)
         return ("output", *self.history)
 
     def readonly_names(self, request, obj=None):
@@ -124,7 +138,12 @@ class CheckpointAdmin(SafeJSONReadonly, RunLink, admin.ModelAdmin):
             return
         reason = form.cleaned_data.get("audit_reason") or "edited in the admin"
         try:
-            obj.run.edit_checkpoint(obj.position, form.cleaned_data["output"], by=request.user, reason=reason)
+            edit = (
+                obj.run.edit_and_continue
+                if form.cleaned_data.get("continue_from_here")
+                else obj.run.edit_checkpoint
+            )
+            edit(obj.position, form.cleaned_data["output"], by=request.user, reason=reason)
         except InvalidOperation as exc:
             self.message_user(request, str(exc), messages.ERROR)
 

@@ -6,6 +6,8 @@ checkpoints superseded (``superseded_at``) and keeps them; nothing is deleted.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.db import models, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Coalesce
@@ -104,6 +106,9 @@ class Attempt(models.Model):
     branch = models.PositiveIntegerField(null=True, blank=True)
     name = models.CharField(max_length=200)
     number = models.PositiveSmallIntegerField()
+    # The step's retry policy's limit when it failed ("attempt 2 of 5"); unknown for
+    # attempts recorded before it was kept, and for attempts interrupted from outside.
+    max_attempts = models.PositiveSmallIntegerField(null=True, blank=True)
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField()
     error_type = models.CharField(max_length=200)
@@ -126,6 +131,39 @@ class Attempt(models.Model):
     @property
     def duration(self):
         return self.finished_at - self.started_at
+
+
+@dataclass(frozen=True)
+class AttemptGroup:
+    """The attempts at one position made between two operator recoveries, numbered from 1."""
+
+    label: str
+    attempts: list
+    current: bool
+
+
+def group_attempts(attempts) -> list[AttemptGroup]:
+    """Split a position's attempts (in order) by the resume or retry that superseded them.
+
+    Each recovery supersedes the attempts before it at one moment, and the next attempts
+    are numbered from 1 again; so the groups are "before resume #1", "before resume #2"…,
+    then the live ones, each with its own numbering.
+    """
+    earlier: dict = {}
+    live = []
+    for attempt in attempts:
+        if attempt.superseded_at is None:
+            live.append(attempt)
+        else:
+            earlier.setdefault(attempt.superseded_at, []).append(attempt)
+    groups = [
+        AttemptGroup(f"before resume #{index}", group, False)
+        for index, (_, group) in enumerate(sorted(earlier.items(), key=lambda item: item[0]), start=1)
+    ]
+    if live:
+        label = f"since resume #{len(groups)}" if groups else "attempts"
+        groups.append(AttemptGroup(label, live, True))
+    return groups
 
 
 class BranchStatus(models.TextChoices):

@@ -284,14 +284,30 @@ def test_checkpoint_output_must_be_valid_json(admin_client, text):
     assert Checkpoint.objects.live().get(run=run, position=0).output == {"value": 0}
 
 
-def test_checkpoints_of_a_succeeded_run_are_read_only(admin_client):
-    run = make_run(Status.SUCCEEDED, 2)
+def test_checkpoints_of_a_running_run_are_read_only(admin_client):
+    run = make_run(Status.RUNNING, 2)
     checkpoint = Checkpoint.objects.get(run=run, position=0)
     url = f"/admin/steps/checkpoint/{checkpoint.pk}/change/"
     assert 'name="output"' not in admin_client.get(url).content.decode()
-    admin_client.post(url, {"output": "1"})
+    admin_client.post(url, {"output": "1", "continue_from_here": "on"})
     assert Checkpoint.objects.live().get(run=run, position=0).output == {"value": 0}
     assert not AuditEntry.objects.exists()
+
+
+def test_a_succeeded_runs_checkpoint_is_edited_only_to_continue_from_it(admin_client, admin_user):
+    run = make_run(Status.SUCCEEDED, 3)
+    checkpoint = Checkpoint.objects.get(run=run, position=0)
+    url = f"/admin/steps/checkpoint/{checkpoint.pk}/change/"
+    assert 'name="continue_from_here"' in admin_client.get(url).content.decode()
+    response = admin_client.post(url, {"output": "1"})  # replacing alone would replay the old values
+    assert "can be edited and continued" in response.content.decode()
+    assert not AuditEntry.objects.exists()
+    response = admin_client.post(url, {"output": "1", "continue_from_here": "on", "audit_reason": "fix"})
+    assert response.status_code == 302
+    assert Checkpoint.objects.live().get(run=run, position=0).output == 1
+    assert not Checkpoint.objects.live().filter(run=run, position__gt=0).exists()  # run again
+    entry = AuditEntry.objects.get(action="edit and continue")
+    assert (entry.actor, entry.reason, entry.details["superseded"]) == (admin_user, "fix", 2)
 
 
 def test_checkpoints_and_attempts_cannot_be_deleted_or_added(admin_client):

@@ -147,7 +147,8 @@ def test_a_long_runs_model_call_opens_on_demand(viewer_client, doorbells):
 
 def shortcut(html: str, label: str) -> dict[str, str]:
     """The hidden fields of an action button on the page, as the browser would post them."""
-    form = next(f for f in re.findall(r'<form class="action".*?</form>', html) if f">{label}</button>" in f)
+    forms = re.findall(r'<form class="action".*?</form>', html, re.S)  # a form holds its dialog
+    form = next(f for f in forms if f">{label}</button>" in f)
     fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', form))
     fields = {name: value.replace("&quot;", '"') for name, value in fields.items()}
     return {**fields, "confirmed": "yes"}

@@ -1,5 +1,6 @@
 """The run page, its live section, a checkpoint's page and a run's whole input or output."""
 
+import re
 import time
 from datetime import timedelta
 
@@ -159,8 +160,11 @@ def test_action_forms_post_with_a_confirmation(operator_client):
     url = reverse("run_resume", args=[run.pk])
     assert f'<form class="action" method="post" action="{url}"' in html
     assert f'hx-post="{url}"' in html
-    assert "hx-confirm=" in html
-    assert 'hx-vals=\'{"confirmed": "yes"}\'' in html
+    assert "hx-confirm=" not in html  # one confirmation pattern: the form's <dialog>
+    forms = re.findall(r"<form[^>]*\sdata-confirm[\s>]", html)
+    assert forms and html.count("<dialog") == len(forms)  # each confirmed form holds its dialog
+    assert 'name="confirmed" value=""' in html
+    assert 'id="action-reason"' not in html  # the reason is asked inside each dialog
     assert 'name="csrfmiddlewaretoken"' in html
 
 
@@ -230,8 +234,14 @@ def test_the_checkpoint_page_offers_the_edit_form_to_operators(operator_client):
     checkpoint = run.checkpoints.get(position=1)
     url = reverse("checkpoint_detail", args=[run.pk, checkpoint.pk])
     html = operator_client.get(url).content.decode()
-    assert "Replace this output and resume" in html
+    # A step before the failed one: its edit runs the steps after it again.
+    assert "Edit and continue from here" in html
+    assert reverse("checkpoint_edit_and_continue", args=[run.pk, 1]) in html
     assert "{\n  &quot;value&quot;: 1\n}</textarea>" in html  # the old value, ready to edit
+    failed = run.checkpoints.get(position=2)
+    html = operator_client.get(reverse("checkpoint_detail", args=[run.pk, failed.pk])).content.decode()
+    assert "Replace this output and resume" in html  # the failed step itself: a plain edit
+    assert reverse("checkpoint_edit", args=[run.pk, 2]) in html
 
     fragment = operator_client.get(url, HTTP_HX_TARGET=f"edit-slot-{checkpoint.pk}", **HTMX).content.decode()
     assert fragment.lstrip().startswith(f'<div id="edit-form-{checkpoint.pk}"')
@@ -573,7 +583,7 @@ def test_a_step_opens_in_place_with_its_output_attempts_and_actions(operator_cli
     assert html.count('class="attempt"') == 1
     assert '<details class="traceback">' in html
     assert "Retry from here" in html
-    assert "Edit output…" in html
+    assert "Edit and continue…" in html
     assert 'hx-target="#run-live"' in html
 
 

@@ -484,3 +484,31 @@ def doomed(ctx, data):
     ctx.step(ledger_step, 0, 0.0)
     ctx.step(die_mid_step)
     return "unreachable"
+
+
+# --- recovery: a bad value recorded by one step makes a later step fail -------------
+
+
+@step
+def read_price(item: dict) -> dict:
+    return {"item": item["name"], "price": item["price"]}
+
+
+@step(retry=RetryPolicy(max_attempts=1))
+def check_price(priced: dict) -> dict:
+    if priced["price"] <= 0:
+        raise NonRetryableError(f"invalid price {priced['price']}")
+    return {"checked": priced["price"]}
+
+
+@step
+def invoice(checked: dict) -> dict:
+    return {"invoiced": checked["checked"]}
+
+
+@workflow("pricing")
+def pricing(ctx, data):
+    """Step 0 records the input's price; step 1 refuses one that is not positive."""
+    priced = ctx.step(read_price, data)
+    checked = ctx.step(check_price, priced)
+    return ctx.step(invoice, checked)

@@ -13,6 +13,7 @@ import html
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import pairwise
 from typing import Any, NamedTuple
 
 from django import template
@@ -246,7 +247,52 @@ class _Scale:
         ]
 
 
-def _lane(step, index: int, row: float, scale: _Scale) -> Lane:
+# A wait narrower than this (in chart units) is not drawn: a thousand steps a few
+# milliseconds apart would otherwise be covered in hatching.
+MIN_WAIT = 1.5
+
+
+def _wait_kind(step) -> str:
+    """What a step at the end of a wait was waiting for, from its name."""
+    name = step.checkpoint.name
+    if name.startswith("signal:"):
+        return "signal wait"
+    if name.startswith("child:"):
+        return "child run"
+    if name.startswith("parallel:"):
+        return "parallel branches"
+    if step.superseded:
+        return "stopped until an operator acted"
+    if step.attempts:
+        return "retry backoff"
+    return "wait (rate limit or queue)"
+
+
+def waits(steps, run, now: datetime) -> dict[int, list[tuple[datetime, datetime, str]]]:
+    """The real length of every wait, by the position whose lane draws it.
+
+    Checkpoints record when a step's call started and ended, so a wait shows as the gap
+    between one live checkpoint's end and the next one's start: after a sleep (recorded
+    when it began) it belongs to the sleep's lane; before a signal, a child run, a rate
+    limit or a retry it belongs to the step that waited. A run sleeping now waits until now.
+    """
+    live = [step for step in steps if step.checkpoint is not None]
+    found: dict[int, list[tuple[datetime, datetime, str]]] = {}
+    for previous, step in pairwise(live):
+        begin, end = previous.checkpoint.finished_at, step.checkpoint.started_at
+        if end <= begin:
+            continue
+        if previous.checkpoint.name == "sleep":
+            found.setdefault(previous.position, []).append((begin, end, "sleep"))
+        else:
+            found.setdefault(step.position, []).append((begin, end, _wait_kind(step)))
+    if live and run.is_active and live[-1].checkpoint.name == "sleep":
+        last = live[-1]
+        found.setdefault(last.position, []).append((last.checkpoint.finished_at, now, "sleep"))
+    return found
+
+
+def _lane(step, index: int, row: float, scale: _Scale, step_waits=()) -> Lane:
     top = AXIS_HEIGHT + index * row
     gap = row * 0.15 if row >= 4 else 0
     bars = []
@@ -257,6 +303,15 @@ def _lane(step, index: int, row: float, scale: _Scale) -> Lane:
         x, width = scale.x(begin), scale.width(begin, finish)
         return Bar(x, round(top + gap, 2), width, round(row - 2 * gap, 2), kind, superseded, title)
 
+    for begin, finish, what in step_waits:
+        if (finish - begin).total_seconds() * scale.per_second >= MIN_WAIT:
+            # Drawn at its true length, never widened: a wait is not a call.
+            seconds = (finish - begin).total_seconds()
+            title = f"#{step.position} {step.name} · {what} · {duration(seconds)}"
+            width = round(seconds * scale.per_second, 2)
+            bars.append(
+                Bar(scale.x(begin), round(top + gap, 2), width, round(row - 2 * gap, 2), "wait", False, title)
+            )
     for attempt in step.attempts:
         what = f"attempt {attempt.number} failed: {attempt.error_type}"
         superseded = bool(attempt.superseded_at)
@@ -275,7 +330,8 @@ def _lane(step, index: int, row: float, scale: _Scale) -> Lane:
 
 
 def build_timeline(run, steps, now: datetime | None = None) -> Timeline | None:
-    """One lane per step position holding its failed attempts and its checkpoints, on one time axis."""
+    """One lane per step position holding its waits, failed attempts and checkpoints, on one
+    wall-clock axis."""
     now = now or timezone.now()
     spans = [(c.started_at, c.finished_at) for s in steps for c in s.all_checkpoints]
     spans += [(a.started_at, a.finished_at) for s in steps for a in s.attempts]
@@ -296,10 +352,13 @@ def build_timeline(run, steps, now: datetime | None = None) -> Timeline | None:
             {"y": AXIS_HEIGHT + 10, "text": f"#{steps[0].position}"},
             {"y": height - 2, "text": f"#{steps[-1].position}"},
         ]
+    found = waits(steps, run, now)
     return Timeline(
         width=CHART_WIDTH,
         height=height,
-        lanes=[_lane(step, index, row, scale) for index, step in enumerate(steps)],
+        lanes=[
+            _lane(step, index, row, scale, found.get(step.position, ())) for index, step in enumerate(steps)
+        ],
         ticks=scale.ticks(),
         show_labels=show_labels,
         now_x=scale.x(now) if run.is_active else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -29,15 +30,15 @@ def settle(worker, run: Run, *statuses: str, timeout: float = 15) -> Run:
     raise AssertionError(f"run {run.pk} is {run.status}, expected {statuses}")
 
 
-def accept_dialogs(page) -> list[str]:
-    seen: list[str] = []
-
-    def accept(dialog):
-        seen.append(dialog.message)
-        dialog.accept()
-
-    page.on("dialog", accept)
-    return seen
+def confirm(page, reason: str = "") -> str:
+    """Answer the open confirmation <dialog>: give the reason, press Yes. Returns its question."""
+    dialog = page.locator("dialog[open]")
+    expect(dialog).to_be_visible()
+    question = dialog.locator("h2").text_content()
+    if reason:
+        dialog.get_by_label("Reason").fill(reason)
+    dialog.get_by_role("button", name=re.compile("^Yes")).click()
+    return question
 
 
 @pytest.fixture
@@ -65,10 +66,9 @@ def test_find_a_failed_run_resume_it_and_watch_it_succeed(operator_page, worker,
     page.evaluate("window.__sameDocument = true")
 
     flaky["fail"] = False
-    dialogs = accept_dialogs(page)
     page.get_by_role("button", name="Resume").click()
+    assert f"Resume run #{run.pk}" in confirm(page)
     expect(page.locator("#run-status")).to_have_text("succeeded")
-    assert dialogs and f"Resume run #{run.pk}" in dialogs[0]
     assert page.evaluate("window.__sameDocument") is True  # updated in place, never reloaded
     expect(page.locator(".msg.success")).to_contain_text(f"Run {run.pk} resumed.")
     expect(page.locator("#step-1 .superseded-cp")).to_contain_text("superseded")
@@ -81,9 +81,8 @@ def test_retry_from_a_middle_step_shows_the_superseded_checkpoints(operator_page
     run = settle(worker, Run.objects.start("counter", {"steps": 4}), Status.SUCCEEDED)
 
     page.goto(f"/runs/{run.pk}/")
-    page.fill("#action-reason", "re-run from the middle")
-    accept_dialogs(page)
     page.locator("#step-2").get_by_role("button", name="Retry from here").click()
+    confirm(page, reason="re-run from the middle")
     expect(page.locator(".msg.success")).to_contain_text("retrying from step 2")
     settle(worker, run, Status.SUCCEEDED)
     expect(page.locator("#run-status")).to_have_text("succeeded")
@@ -100,8 +99,8 @@ def test_approve_a_waiting_run(operator_page, worker):
 
     page.goto(f"/runs/{run.pk}/")
     expect(page.locator("#run-status")).to_have_text("waiting")
-    accept_dialogs(page)
     page.get_by_role("button", name="Approve").click()
+    confirm(page)
     expect(page.locator("#run-status")).to_have_text("succeeded")
     run.refresh_from_db()
     assert run.output == {"plan": 42, "outcome": "done", "by": "otto"}
@@ -112,15 +111,16 @@ def test_a_signal_with_invalid_json_is_refused_in_place(operator_page, worker):
     run = settle(worker, Run.objects.start("approval", {}), Status.WAITING)
 
     page.goto(f"/runs/{run.pk}/")
-    accept_dialogs(page)
     page.locator("#signal-form summary").click()
     page.fill("#id_payload", "{approved: yes")
     page.get_by_role("button", name="Send signal…").click()
+    confirm(page)
     expect(page.locator("#signal-form .errorlist")).to_contain_text("This is not valid JSON")
     assert not run.signals.exists()
 
     page.fill("#id_payload", '{"approved": true, "by": "ops"}')
     page.get_by_role("button", name="Send signal…").click()
+    confirm(page)
     expect(page.locator("#run-status")).to_have_text("succeeded")
 
 
@@ -129,12 +129,12 @@ def test_edit_a_failed_steps_output_then_resume(operator_page, worker, flaky):
     run = settle(worker, Run.objects.start("dashboard_flaky", {"order": "B-2"}), Status.FAILED)
 
     page.goto(f"/runs/{run.pk}/")
-    accept_dialogs(page)
     page.locator("#step-1").get_by_role("link", name="Edit output…").click()
     editor = page.locator("#step-1 textarea")
     expect(editor).to_be_visible()
     editor.fill('{"order": "B-2", "cents": 777}')
     page.locator("#step-1").get_by_role("button", name="Save and resume…").click()
+    confirm(page)
     expect(page.locator("#run-status")).to_have_text("succeeded")
     run.refresh_from_db()
     assert run.output == {"booked": 777}

@@ -6,7 +6,7 @@ import pytest
 from playwright.sync_api import expect
 
 from runs.models import Run, Status
-from tests.browser.test_dashboard import accept_dialogs
+from tests.browser.test_dashboard import confirm
 from tests.processes import Cluster, wait_for
 from tests.test_acceptance import step_counts
 from tests.workflows import create_ledger
@@ -33,15 +33,15 @@ def test_terminate_a_hung_step_from_the_run_page_then_resume(operator_page, pref
 
     page.goto(f"/runs/{run.pk}/")
     expect(page.locator("#run-status")).to_have_text("running")
-    dialogs = accept_dialogs(page)
     page.get_by_role("button", name="Terminate").click()
+    assert f"Terminate run #{run.pk}" in confirm(page)
     # The worker's supervisor kills the pool process inside the hung step; the page follows.
     expect(page.locator("#run-status")).to_have_text("failed", timeout=30_000)
-    assert dialogs and f"Terminate run #{run.pk}" in dialogs[0]
     expect(page.locator("#run-live")).to_contain_text("Terminated")
     assert Run.objects.get(pk=run.pk).status == Status.FAILED
 
     page.get_by_role("button", name="Resume").click()
+    confirm(page)
     # The pool replaces the killed process before the run is claimed again.
     expect(page.locator("#run-status")).to_have_text("succeeded", timeout=60_000)
     assert step_counts(run.pk) == {"step-0": 1, "step-1": 2, "step-2": 1}

@@ -1,5 +1,8 @@
-"""Operator command line: python manage.py runs <start|list|show|resume|retry|cancel|terminate|signal>,
-and for operations: <export|replay|prune>."""
+"""Operator command line: python manage.py runs <start|list|show|resume|retry|retry-now|edit|cancel|
+terminate|signal|bulk>, and for operations: <export|replay|prune>.
+
+An action on a run whose code changed since it last ran prints the warning first.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from runs import jsoninput, retention
+from runs.bulk import ACTIONS, RETRYING, BulkError, BulkPlan, Selection, retrying_runs
 from runs.durations import parse_duration
 from runs.export import OUTCOMES, ExportError, export_json, load_export, replay
 from runs.jsoninput import JSONInputError
@@ -30,6 +34,19 @@ def duration_argument(text: str):
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc))
+
+
+def datetime_argument(text: str):
+    from django.utils import timezone
+    from django.utils.dateparse import parse_datetime
+
+    try:
+        moment = parse_datetime(text)
+    except ValueError:
+        moment = None
+    if moment is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date and time (e.g. 2026-11-30T14:00)")
+    return moment if timezone.is_aware(moment) else timezone.make_aware(moment)
 
 
 def prunable_status(text: str) -> str:
@@ -52,7 +69,7 @@ class Command(BaseCommand):
         start.add_argument("--queue", default="")
 
         listing = sub.add_parser("list", help="list runs, newest first")
-        listing.add_argument("--status", choices=Status.values)
+        listing.add_argument("--status", choices=[*Status.values, RETRYING])
         listing.add_argument("--workflow")
         listing.add_argument("--limit", type=int, default=50)
 
@@ -72,6 +89,49 @@ class Command(BaseCommand):
         retry.add_argument("run_id", type=int)
         retry.add_argument("--from-step", type=int, required=True, dest="from_step", metavar="N")
         retry.add_argument("--reason", default="")
+        retry.add_argument(
+            "--reuse-signal",
+            action="store_true",
+            dest="reuse_signals",
+            help="retrying across a signal the run received: reuse it (default: wait for a new one)",
+        )
+
+        retry_now = sub.add_parser("retry-now", help="cut a step's retry backoff short")
+        retry_now.add_argument("run_id", type=int)
+        retry_now.add_argument("--reason", default="")
+
+        edit = sub.add_parser(
+            "edit", help="replace a step's output and run every later step again (edit and continue)"
+        )
+        edit.add_argument("run_id", type=int)
+        edit.add_argument("--step", type=int, required=True, dest="position", metavar="N")
+        edit.add_argument("--output", required=True, help="the step's new output as JSON")
+        edit.add_argument(
+            "--only",
+            action="store_true",
+            help="replace only this output and resume (a failed run's failed step); later steps replay",
+        )
+        edit.add_argument("--reason", default="")
+
+        bulk = sub.add_parser(
+            "bulk", help="resume, cancel, retry from a step or retry now: every run a filter selects"
+        )
+        bulk.add_argument("bulk_action", choices=list(ACTIONS), metavar="ACTION", help=", ".join(ACTIONS))
+        bulk.add_argument(
+            "--from-step", default="", dest="from_step", metavar="NAME", help="retry: step name"
+        )
+        bulk.add_argument("--reuse-signal", action="store_true", dest="reuse_signals")
+        bulk.add_argument("--workflow", default="")
+        bulk.add_argument("--status", default="", choices=["", RETRYING, *Status.values])
+        bulk.add_argument("--failed-step", default="", dest="failed_step", metavar="NAME")
+        bulk.add_argument("--error-type", default="", dest="error_type")
+        bulk.add_argument("--started-after", default=None, dest="started_after", type=datetime_argument)
+        bulk.add_argument("--started-before", default=None, dest="started_before", type=datetime_argument)
+        bulk.add_argument("--code-version", default="", dest="code_version")
+        bulk.add_argument("--reason", default="")
+        bulk.add_argument(
+            "--yes", action="store_true", help="act; without it only count and sample (dry run)"
+        )
 
         signal = sub.add_parser("signal", help="send a named signal to a run")
         signal.add_argument("run_id", type=int)
@@ -121,7 +181,7 @@ class Command(BaseCommand):
     def handle(self, *args, action: str, **options) -> None:
         self.actor = f"cli:{getpass.getuser()}"
         try:
-            getattr(self, f"do_{action}")(**options)
+            getattr(self, f"do_{action.replace('-', '_')}")(**options)
         except InvalidOperation as exc:
             raise CommandError(str(exc))
 
@@ -145,7 +205,9 @@ class Command(BaseCommand):
         if limit < 1:
             raise CommandError("--limit must be at least 1")
         runs = Run.objects.all()
-        if status:
+        if status == RETRYING:
+            runs = retrying_runs(runs).order_by("-pk")
+        elif status:
             runs = runs.filter(status=status)
         if workflow:
             runs = runs.filter(workflow=workflow)
@@ -186,13 +248,94 @@ class Command(BaseCommand):
                 f"attempts={checkpoint.attempts}{mark}  {result[:200]}"
             )
 
+    def warned_run(self, run_id: int) -> Run:
+        """The run, after printing what the operator must know about its code."""
+        run = self.get_run(run_id)
+        warning = run.code_warning()
+        if warning:
+            self.stderr.write(f"warning: {warning}")
+        return run
+
     def do_resume(self, run_id: int, reason: str, **_) -> None:
-        self.get_run(run_id).resume(by=self.actor, reason=reason)
+        self.warned_run(run_id).resume(by=self.actor, reason=reason)
         self.stdout.write(f"resumed run {run_id}")
 
-    def do_retry(self, run_id: int, from_step: int, reason: str, **_) -> None:
-        self.get_run(run_id).retry_from(from_step, by=self.actor, reason=reason)
+    def do_retry(self, run_id: int, from_step: int, reason: str, reuse_signals: bool, **_) -> None:
+        run = self.warned_run(run_id)
+        received = run.signals_received_from(from_step).count()
+        if received and not reuse_signals:
+            self.stderr.write(
+                f"note: step {from_step} or a later one received {received} signal(s); the run waits for "
+                "new ones (--reuse-signal sends the received ones again)"
+            )
+        run.retry_from(from_step, by=self.actor, reason=reason, reuse_signals=reuse_signals)
         self.stdout.write(f"retrying run {run_id} from step {from_step}")
+
+    def do_retry_now(self, run_id: int, reason: str, **_) -> None:
+        self.warned_run(run_id).retry_now(by=self.actor, reason=reason)
+        self.stdout.write(f"run {run_id} retries its step now")
+
+    def do_edit(self, run_id: int, position: int, output: str, only: bool, reason: str, **_) -> None:
+        data = json_argument(output)
+        run = self.warned_run(run_id)
+        if only:
+            run.edit_checkpoint(position, data, by=self.actor, reason=reason)
+            self.stdout.write(f"replaced the output of step {position} of run {run_id}; resumed")
+        else:
+            run.edit_and_continue(position, data, by=self.actor, reason=reason)
+            self.stdout.write(
+                f"replaced the output of step {position} of run {run_id}; continues from {position + 1}"
+            )
+
+    def do_bulk(
+        self, bulk_action: str, from_step: str, reuse_signals: bool, reason: str, yes: bool, **options
+    ):
+        fields = (
+            "workflow",
+            "status",
+            "failed_step",
+            "error_type",
+            "started_after",
+            "started_before",
+            "code_version",
+        )
+        try:
+            plan = BulkPlan(
+                bulk_action, Selection(**{name: options[name] for name in fields}), from_step, reuse_signals
+            )
+        except BulkError as exc:
+            raise CommandError(str(exc))
+        preview = plan.preview()
+        self.stdout.write(
+            f"{preview['selected']} run(s) selected; {preview['eligible']} can be acted on "
+            f"({ACTIONS[bulk_action][0]})"
+        )
+        for row in preview["sample"]:
+            where = f" from step {row['position']}" if row["position"] is not None else ""
+            self.stdout.write(
+                f"  run {row['id']}  {row['workflow']}  {row['status']}{where}  {row['error'][:100]}"
+            )
+        for warning in preview["code_warnings"]:
+            self.stderr.write(f"warning: {warning}")
+        if preview["signal_steps"] and not reuse_signals:
+            self.stderr.write(
+                f"note: {preview['signal_steps']} of them wait for a new signal (--reuse-signal reuses)"
+            )
+        if not yes:
+            self.stdout.write("dry run: nothing changed (add --yes to act)")
+            return
+        self.act_in_batches(plan, reason)
+
+    def act_in_batches(self, plan: BulkPlan, reason: str) -> None:
+        total, past = 0, ACTIONS[plan.action][1]
+        while True:
+            batch = plan.apply_batch(by=self.actor, reason=reason)
+            total += len(batch.done)
+            for refusal in batch.refused:
+                self.stderr.write(f"skipped: {refusal}")
+            self.stdout.write(f"{past} {total} run(s); {batch.remaining} left")
+            if not batch.remaining or not batch.done:
+                return
 
     def do_cancel(self, run_id: int, reason: str, **_) -> None:
         outcome = self.get_run(run_id).cancel(by=self.actor, reason=reason)
