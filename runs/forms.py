@@ -7,6 +7,7 @@ the Run model's operator methods, which raise InvalidOperation.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from django import forms
 from django.core.exceptions import ValidationError
@@ -68,6 +69,36 @@ class SignalForm(ReasonForm):
         help_text="Empty sends null.",
         widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false", "class": "json-input"}),
     )
+
+
+class DecisionForm(ReasonForm):
+    """A person's answer to a run waiting for a signal: approve, reject, or a JSON payload."""
+
+    DECISIONS = (("approve", "Approve"), ("reject", "Reject"), ("payload", "Send the JSON payload"))
+
+    decision = forms.ChoiceField(choices=DECISIONS)
+    payload = JSONTextField(
+        required=False,
+        label="Payload (JSON)",
+        widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false", "class": "json-input"}),
+    )
+    # The wait position the person was shown; the decision is refused if the run moved on.
+    at = forms.IntegerField(required=False, min_value=0, widget=forms.HiddenInput)
+
+    def clean(self):
+        data = super().clean()
+        if data.get("decision") == "payload" and not (self.data.get("payload") or "").strip():
+            self.add_error("payload", "Write the JSON payload to send, or approve or reject instead.")
+        return data
+
+    def signal_payload(self, username: str) -> Any:
+        """What the run receives: approvals as agents expect them, {"approved", "note", "by"}."""
+        decision = self.cleaned_data["decision"]
+        if decision == "payload":
+            return self.cleaned_data["payload"]
+        approved = decision == "approve"
+        note = self.cleaned_data["reason"] or f"{'approved' if approved else 'rejected'} by {username}"
+        return {"approved": approved, "note": note, "by": username}
 
 
 class EditOutputForm(ReasonForm):
@@ -135,6 +166,12 @@ class RunFilterForm(forms.Form):
             if raw and name not in self.errors:
                 items.append((name, raw))
         return items
+
+    def live_query(self, stamp: str) -> str:
+        """The live refresh's query string: the filters, the page's cursor, and the stamp
+        of the moment the page was drawn (Run.objects.last_change)."""
+        cursor = [(name, self.data[name]) for name in ("before", "after") if self.data.get(name)]
+        return urlencode([*self.query_items(), *cursor, ("v", stamp)])
 
     @property
     def is_filtered(self) -> bool:

@@ -34,14 +34,12 @@ from django.db.models import CharField, Count, Max, Q, QuerySet, Sum, TextField
 from django.db.models.functions import Cast, Substr
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import (
     HttpResponseClientRedirect,
     HttpResponseLocation,
-    HttpResponseStopPolling,
     reswap,
     retarget,
 )
@@ -64,10 +62,10 @@ from runs.workflow import registry
 from steps.models import Attempt, Branch, Checkpoint, CheckpointStatus
 
 PAGE_SIZE = 50
-# The live-rows fragment refreshes at most this many rows per poll.
-LIVE_ROWS_LIMIT = 200
 # Runs with more steps than this refresh their page every 10 s instead of 2 s.
 LONG_RUN_STEPS = 200
+# A finished run's page, or a long run's, polls this often (a 204 while nothing changed).
+FINISHED_POLL = "8s"
 # Child runs listed on a run page.
 CHILDREN_SHOWN = 50
 # Audit entries shown on a run page, newest first.
@@ -372,6 +370,8 @@ def status_counts(
 
 
 def list_context(filters: RunFilterForm) -> dict[str, Any]:
+    # Read before the rows: a run changing in between shows at the next live refresh.
+    stamp = Run.objects.last_change()
     values = filters.values()
     before, after, text = values.get("before"), values.get("after"), values.get("q")
     keyset = Keyset(by_start=bool(values.get("started_after") or values.get("started_before")))
@@ -407,6 +407,7 @@ def list_context(filters: RunFilterForm) -> dict[str, Any]:
         "search_window": SEARCH_WINDOW,
         "selected": set(),
         "bulk_limit": BULK_LIMIT,
+        "refresh_query": filters.live_query(stamp),
     }
 
 
@@ -425,22 +426,6 @@ def parse_ids(values: list[str]) -> list[int]:
     for value in values:
         ids += [int(part) for part in value.split(",") if part.strip().isdigit() and len(part) <= 18]
     return ids
-
-
-@require_GET
-@login_required
-def run_rows(request: AuthenticatedHttpRequest) -> HttpResponse:
-    """Fresh rows for the active runs on a list page; 286 stops the polling once none is active."""
-    check_viewer(request.user)
-    ids = parse_ids(request.GET.getlist("ids"))[:LIVE_ROWS_LIMIT]
-    runs = list(Run.objects.filter(pk__in=ids).defer(*LIST_DEFERRED).order_by("-pk"))
-    prepare_rows(runs)
-    page = RunPage(runs)
-    context = {"page": page, "selected": set(parse_ids(request.GET.getlist("run")))}
-    html = render_to_string("runs/list.html#live-rows", context, request=request)
-    if not page.active_ids:
-        return HttpResponseStopPolling(html)
-    return HttpResponse(html)
 
 
 # --- overview --------------------------------------------------------------------------
@@ -742,7 +727,7 @@ def detail_context(request: AuthenticatedHttpRequest, run: Run, **extra) -> dict
         "code": code_version(run),
         "version": live_stamp(run),
         # A long run's page is heavy to redraw: it refreshes less often.
-        "poll_every": "2s" if len(steps) <= LONG_RUN_STEPS else "10s",
+        "poll_every": "2s" if run.is_active and len(steps) <= LONG_RUN_STEPS else FINISHED_POLL,
         "signal_form": signal_form_for(run),
         "waiting_for_signal": waiting_for_signal,
         # The shortcuts answer an approval the way agents expect it: {"approved": bool, "note": str}.
@@ -773,14 +758,12 @@ def run_detail(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
 @require_GET
 @login_required
 def run_live(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
-    """The run page's live section: 204 while nothing changed, 286 once the run is final."""
+    """The run page's live section, 204 while nothing changed. A finished run keeps a
+    slow poll: an edit made in the admin, the CLI or by another operator shows there."""
     run = get_run(request, run_id)
-    if run.is_active and request.GET.get("v") == live_stamp(run):
+    if request.GET.get("v") == live_stamp(run):
         return HttpResponse(status=204)
-    html = render_to_string("runs/detail.html#run-live", detail_context(request, run), request=request)
-    if run.is_final:
-        return HttpResponseStopPolling(html)
-    return HttpResponse(html)
+    return render(request, "runs/detail.html#run-live", detail_context(request, run))
 
 
 @require_GET

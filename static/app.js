@@ -28,8 +28,17 @@
     var focused = document.activeElement;
     var typing = focused && element.contains(focused) && focused.matches("input, textarea, select");
     var reading = element.querySelector(
-      "details.traceback[open], details.json[open], details.step-more[open], .edit-form"
+      "details.traceback[open], details.json[open], details.step-more[open], details.payload[open], .edit-form"
     );
     if (typing || reading) event.preventDefault();
+  });
+
+  // Live parts of a page (data-live) do not poll while the tab is hidden; they also
+  // listen for visibilitychange, so they catch up as soon as it is shown again.
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var element = event.detail.elt;
+    if (element.hasAttribute && element.hasAttribute("data-live") && document.hidden) {
+      event.preventDefault();
+    }
   });
 })();
