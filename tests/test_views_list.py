@@ -399,7 +399,7 @@ def test_failed_rows_carry_a_resume_and_signal_waits_the_decision(operator_clien
     failed = make_failed_run()
     waiting = make_waiting_run("approval")
     html = operator_client.get("/").content.decode()
-    assert f'<button class="btn small" form="row-resume-{failed.pk}">Resume…</button>' in html
+    assert f'form="row-resume-{failed.pk}" aria-label="resume run {failed.pk}">Resume…</button>' in html
     assert f'<form id="row-resume-{failed.pk}" method="post" action="/runs/{failed.pk}/resume/">' in html
     assert f'form="row-approve-{waiting.pk}"' in html and f'form="row-reject-{waiting.pk}"' in html
     assert f'action="/inbox/{waiting.pk}/decide/"' in html
