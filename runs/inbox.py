@@ -115,8 +115,9 @@ def inbox_decide(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse
     return after_decision(request, run)
 
 
-def inbox_count(request: HttpRequest) -> dict[str, Any]:
-    """The count beside "Inbox" in the navigation: runs waiting for a decision, capped.
+def navigation(request: HttpRequest) -> dict[str, Any]:
+    """What the navigation shows a viewer: the Workers and Inbox links, and beside "Inbox"
+    the runs waiting for a decision, capped.
     Lazy: counted only when a whole page draws the navigation, never for a fragment."""
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated or not can_view(user):
@@ -126,4 +127,4 @@ def inbox_count(request: HttpRequest) -> dict[str, Any]:
         waiting = Run.objects.awaiting_decision().order_by().values("pk")[: INBOX_SHOWN + 1].count()
         return {"count": min(waiting, INBOX_SHOWN), "capped": waiting > INBOX_SHOWN}
 
-    return {"inbox": SimpleLazyObject(count)}
+    return {"dashboard_viewer": True, "inbox": SimpleLazyObject(count)}

@@ -1,12 +1,13 @@
 from django.urls import path
 
-from runs import inbox, list_refresh, views
+from runs import inbox, list_refresh, views, workers_page
 
 urlpatterns = [
     path("", views.run_list, name="run_list"),
     path("runs/rows/", list_refresh.run_rows, name="run_rows"),
     path("inbox/", inbox.inbox, name="inbox"),
     path("inbox/<int:run_id>/decide/", inbox.inbox_decide, name="inbox_decide"),
+    path("workers/", workers_page.workers, name="workers"),
     path("overview/", views.run_overview, name="run_overview"),
     path("runs/bulk/", views.run_bulk, name="run_bulk"),
     path("runs/<int:run_id>/", views.run_detail, name="run_detail"),
