@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
+import jsonschema
 from django import forms
 from django.core.exceptions import ValidationError
 from django.db.models import Q, QuerySet
@@ -99,6 +100,66 @@ class DecisionForm(ReasonForm):
         approved = decision == "approve"
         note = self.cleaned_data["reason"] or f"{'approved' if approved else 'rejected'} by {username}"
         return {"approved": approved, "note": note, "by": username}
+
+
+def input_schema(workflow: str) -> dict | None:
+    """The JSON schema a workflow declares for its input (an `input_schema` attribute on
+    its function), or None."""
+    from runs.workflow import UnknownWorkflow, registry
+
+    try:
+        schema = getattr(registry.get(workflow).fn, "input_schema", None)
+    except UnknownWorkflow:
+        return None
+    return schema if isinstance(schema, dict) else None
+
+
+class StartRunForm(forms.Form):
+    """Start a run from the dashboard: a registered workflow, its input, and the options
+    the API takes (an idempotency key, a queue)."""
+
+    workflow = forms.ChoiceField(choices=())
+    input = JSONTextField(
+        required=False,
+        label="Input (JSON)",
+        help_text="Empty starts the run with null.",
+        widget=forms.Textarea(attrs={"rows": 10, "spellcheck": "false", "class": "json-input"}),
+    )
+    idempotency_key = forms.CharField(
+        required=False,
+        max_length=200,
+        help_text="Starting again with the same key opens the run it started instead of a new one.",
+    )
+    queue = forms.ChoiceField(required=False, choices=(), help_text="Empty: the workflow's own queue.")
+
+    def __init__(self, *args, workflows: list[str], queues: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["workflow"].choices = [(name, name) for name in workflows]
+        self.fields["queue"].choices = [("", "the workflow's queue"), *((q, q) for q in queues)]
+
+    def clean_idempotency_key(self) -> str | None:
+        key = self.cleaned_data["idempotency_key"]
+        if "\x00" in key:
+            raise ValidationError("An idempotency key cannot contain a NUL character.")
+        return key or None
+
+    def clean(self):
+        data = super().clean()
+        schema = input_schema(data.get("workflow", ""))
+        if schema is None or "input" in self.errors:
+            return data
+        checker = jsonschema.validators.validator_for(schema)
+        try:
+            checker.check_schema(schema)
+        except jsonschema.SchemaError:
+            self.add_error("workflow", "This workflow's input schema is itself invalid; tell its author.")
+            return data
+        validator = checker(schema)
+        problems = sorted(validator.iter_errors(data.get("input")), key=lambda error: list(error.path))
+        for problem in problems[:10]:
+            where = "/".join(str(part) for part in problem.path) or "the input"
+            self.add_error("input", f"{where}: {problem.message}")
+        return data
 
 
 class EditOutputForm(ReasonForm):

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from runs import inbox, list_refresh, views, workers_page
+from runs import inbox, list_refresh, start_page, views, workers_page
 
 urlpatterns = [
     path("", views.run_list, name="run_list"),
@@ -8,6 +8,7 @@ urlpatterns = [
     path("inbox/", inbox.inbox, name="inbox"),
     path("inbox/<int:run_id>/decide/", inbox.inbox_decide, name="inbox_decide"),
     path("workers/", workers_page.workers, name="workers"),
+    path("start/", start_page.start_run, name="start_run"),
     path("overview/", views.run_overview, name="run_overview"),
     path("runs/bulk/", views.run_bulk, name="run_bulk"),
     path("runs/<int:run_id>/", views.run_detail, name="run_detail"),
