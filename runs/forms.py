@@ -17,6 +17,7 @@ from django.db.models import Q, QuerySet
 from runs import jsoninput
 from runs.jsoninput import JSONInputError
 from runs.models import ACTIVE_STATUSES, Run, Status
+from runs.search import text_condition
 
 # Runs an action on "all matching this filter" touches per request; the
 # confirmation says so when more match.
@@ -240,9 +241,10 @@ class RunFilterForm(forms.Form):
 
 
 def search_condition(text: str) -> Q:
-    """A run id (with or without #) matches that run; any text matches inside the input JSON."""
+    """A run id (with or without #) matches that run; any text matches inside the input,
+    the output or the error message (runs.search)."""
     text = text.strip()
-    condition = Q(input__icontains=text)
+    condition = text_condition(text)
     digits = text.removeprefix("#")
     # Bounded so that a long number cannot overflow the id column.
     if digits.isdigit() and len(digits) <= 18:

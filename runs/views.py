@@ -57,6 +57,7 @@ from runs.forms import (
     pretty,
 )
 from runs.models import AuditEntry, InvalidOperation, Run, Status, WaitKind, WorkerProcess
+from runs.search import text_condition
 from runs.templatetags.dashboard import JSON_CAP
 from runs.workflow import registry
 from steps.models import Attempt, Branch, Checkpoint, CheckpointStatus
@@ -241,9 +242,10 @@ def keyset_page(
 
 
 def search_page(runs: QuerySet[Run], text: str, before: int | None, after: int | None) -> RunPage:
-    """Runs whose input contains `text`, found among SEARCH_WINDOW run ids at a time.
+    """Runs whose input, output or error contains `text` (runs.search), found among
+    SEARCH_WINDOW run ids at a time.
 
-    Nothing indexes the text of inputs, so a search reads runs one by one; at a
+    Nothing indexes that text, so a search reads runs one by one; at a
     million runs, reading them all takes seconds. Each page reads at most one window
     of ids, and the pager goes on into the next window. A run id typed as the
     search is found wherever it is, on the first page.
@@ -252,8 +254,8 @@ def search_page(runs: QuerySet[Run], text: str, before: int | None, after: int |
         low, high = after + 1, after + 1 + SEARCH_WINDOW
     else:
         high = before if before is not None else (Run.objects.aggregate(top=Max("pk"))["top"] or 0) + 1
-        low = max(high - SEARCH_WINDOW, 0)
-    matching = runs.filter(input__icontains=text, pk__gte=low, pk__lt=high)
+        low = max(high - SEARCH_WINDOW, 1)  # run ids start at 1
+    matching = runs.filter(text_condition(text), pk__gte=low, pk__lt=high)
     page = keyset_page(matching, before, after)
     page.searched = (low, high)
     if page.older is None and low > 1:
@@ -379,7 +381,7 @@ def list_context(filters: RunFilterForm) -> dict[str, Any]:
         page = search_page(filters.runs(search=False), text, before, after)
         low, high = page.searched
         window = filters.runs(with_status=False, search=False)
-        found = window_counts(window.filter(input__icontains=text, pk__gte=low, pk__lt=high))
+        found = window_counts(window.filter(text_condition(text), pk__gte=low, pk__lt=high))
         counts = status_counts(found, filters)
     elif keyset.by_start:
         page = keyset_page(filters.runs(), before, after, keyset)
