@@ -593,3 +593,32 @@ def test_counts_filtered_by_start_time_are_lower_bounds_beyond_a_sample(viewer_c
     counts = {c["status"]: c for c in viewer_client.get(f"/?started_after={since}").context["counts"]}
     assert (counts[""]["count"], counts[""]["capped"]) == (5, False)
     assert counts[Status.FAILED]["count"] == 2
+
+
+# --- filter values -----------------------------------------------------------------------
+
+
+def test_the_workflow_filter_takes_the_start_of_registered_names(viewer_client):
+    import tests.workflows  # noqa: F401  (registers "approval")
+
+    approval = make_run(workflow="approval")
+    other = make_run(workflow="counter")
+    assert row_ids(viewer_client.get("/?workflow=appro")) == [approval.pk]
+    assert row_ids(viewer_client.get("/?workflow=counter")) == [other.pk]
+    assert row_ids(viewer_client.get("/?workflow=zzz")) == []
+
+
+@pytest.mark.parametrize(
+    "query", ["status=bogus", "started_after=notadate", "started_before=2025-13-45T99:99"]
+)
+def test_a_bad_filter_is_named_and_the_list_says_it_is_not_filtered_by_it(viewer_client, query):
+    runs = [make_run(Status.SUCCEEDED).pk, make_failed_run().pk]
+    response = viewer_client.get(f"/?{query}")
+    assert response.status_code == 200
+    assert sorted(row_ids(response)) == sorted(runs)
+    html = response.content.decode()
+    assert '<div class="filter-errors" role="alert">' in html
+    assert "The list below is not filtered by these" in html
+    bad = query.split("=", 1)[1]
+    assert f"“{bad}”" in html
+    assert f"v={Run.objects.last_change()}" in html and bad not in live_query(viewer_client, query)
