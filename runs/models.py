@@ -1614,6 +1614,7 @@ class WorkerProcess(models.Model):
     queues = models.JSONField(default=list, blank=True)
 
     class Meta:
+        verbose_name_plural = "worker processes"
         indexes = [
             # Sweep: which processes are still alive.
             models.Index(fields=["heartbeat_at"], name="worker_heartbeat"),

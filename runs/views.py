@@ -117,14 +117,19 @@ def can_view(user) -> bool:
     return user.has_perm("runs.view_run") or user.has_perm("runs.operate")
 
 
+# What the 403 page says is missing (templates/403.html shows the exception's message).
+VIEW_NEEDED = "Looking at runs needs the “runs.view_run” permission (Can view run), or “runs.operate”."
+OPERATE_NEEDED = "This needs the “runs.operate” permission (Can resume, retry, cancel, signal and edit runs)."
+
+
 def check_viewer(user) -> None:
     if not can_view(user):
-        raise PermissionDenied
+        raise PermissionDenied(VIEW_NEEDED)
 
 
 def check_operator(user) -> None:
     if not user.has_perm("runs.operate"):
-        raise PermissionDenied
+        raise PermissionDenied(OPERATE_NEEDED)
 
 
 def get_run(request: AuthenticatedHttpRequest, run_id: int, *, operate: bool = False) -> Run:
