@@ -60,7 +60,7 @@ def attach_questions(runs: list[Run]) -> None:
         run.summary = summary_of(run.asked)
 
 
-def inbox_context(request: AuthenticatedHttpRequest, retry: DecisionForm | None = None, retry_run=None):
+def inbox_context(retry: DecisionForm | None = None, retry_run: int | None = None) -> dict[str, Any]:
     runs = list(Run.objects.awaiting_decision().defer("output", "error_traceback")[:INBOX_SHOWN])
     attach_questions(runs)
     for run in runs:
@@ -73,7 +73,7 @@ def inbox_context(request: AuthenticatedHttpRequest, retry: DecisionForm | None 
 @login_required
 def inbox(request: AuthenticatedHttpRequest) -> HttpResponse:
     check_viewer(request.user)
-    context = inbox_context(request)
+    context = inbox_context()
     if request.htmx and request.htmx.target == "inbox-list" and not request.htmx.history_restore_request:
         return render(request, "runs/inbox.html#inbox-list", context)
     return render(request, "runs/inbox.html", context)
@@ -82,7 +82,7 @@ def inbox(request: AuthenticatedHttpRequest) -> HttpResponse:
 def after_decision(request: AuthenticatedHttpRequest, run: Run, status: int = 200) -> HttpResponse:
     """The inbox redrawn in place for htmx; without JavaScript, the run's own page."""
     if request.htmx:
-        return render(request, "runs/inbox.html#inbox-list", inbox_context(request), status=status)
+        return render(request, "runs/inbox.html#inbox-list", inbox_context(), status=status)
     return see_other(reverse("run_detail", args=[run.pk]))
 
 
@@ -94,7 +94,7 @@ def inbox_decide(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse
     if not form.is_valid():
         for errors in form.errors.values():
             messages.error(request, f"Run {run.pk}: {' '.join(errors)}")
-        context = inbox_context(request, retry=form, retry_run=run.pk)
+        context = inbox_context(retry=form, retry_run=run.pk)
         page = "runs/inbox.html#inbox-list" if request.htmx else "runs/inbox.html"
         return render(request, page, context, status=422)
     decision = form.cleaned_data["decision"]
