@@ -21,13 +21,15 @@ from django.db import models
 from django.http import HttpResponseRedirect
 from django.urls import reverse
 from django.utils.dateparse import parse_datetime
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from runs import jsoninput
 from runs.forms import parse_json
 from runs.jsoninput import JSONInputError
 from runs.models import TRANSITIONS, AuditEntry, InvalidOperation, Run, Signal, Status, WorkerProcess
 
+# Checkpoints listed on a run's admin page; a longer run links to the rest.
+CHECKPOINTS_SHOWN = 200
 # Run fields an admin may set to unstick a run, through Run.set_state; the rest is history.
 RUN_EDITABLE = ("status", "wait_kind", "wait_signal", "wait_position", "wake_at", "output", "error_message")
 
@@ -254,15 +256,48 @@ class RunAdmin(SafeJSONReadonly, OperateActions, admin.ModelAdmin):
 
     def readonly_names(self, request, obj=None):
         history = [f.name for f in Run._meta.concrete_fields if f.name not in RUN_EDITABLE and f.name != "id"]
-        return ["dashboard", *history]
+        return ["dashboard", "checkpoints", *history]
 
     def get_fieldsets(self, request, obj=None):
-        readonly = [name for name in self.get_readonly_fields(request, obj) if name != "dashboard"]
+        shown_apart = ("dashboard", "checkpoints")
+        readonly = [name for name in self.get_readonly_fields(request, obj) if name not in shown_apart]
         return [
             (None, {"fields": ["dashboard", "audit_reason", "loaded_version"]}),
             ("State (editable, audited)", {"fields": list(RUN_EDITABLE)}),
+            ("Checkpoints (read-only)", {"fields": ["checkpoints"]}),
             ("History (read-only)", {"fields": readonly}),
         ]
+
+    @admin.display(description="Checkpoints")
+    def checkpoints(self, obj: Run):
+        """The run's checkpoints in order, each linked to its own admin page (where a live one
+        of a failed run can be edited); the first CHECKPOINTS_SHOWN of a long run."""
+        if not obj.pk:
+            return "–"
+        rows = obj.checkpoints.order_by("position", "id").values_list(
+            "pk", "position", "name", "status", "superseded_at"
+        )[: CHECKPOINTS_SHOWN + 1]
+        lines = format_html_join(
+            "",
+            '<tr><td><a href="{}">#{}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>',
+            (
+                (reverse("admin:steps_checkpoint_change", args=[pk]), position, name, status, state)
+                for pk, position, name, status, superseded in rows[:CHECKPOINTS_SHOWN]
+                for state in ["superseded" if superseded else "live"]
+            ),
+        )
+        if not lines:
+            return "none yet"
+        more = ""
+        if len(rows) > CHECKPOINTS_SHOWN:
+            listed = reverse("admin:steps_checkpoint_changelist") + f"?q={obj.pk}"
+            more = format_html('<p><a href="{}">all checkpoints of run #{}</a></p>', listed, obj.pk)
+        return format_html(
+            '<table class="run-checkpoints"><thead><tr><th>Step</th><th>Name</th><th>Status</th>'
+            "<th></th></tr></thead><tbody>{}</tbody></table>{}",
+            lines,
+            more,
+        )
 
     def has_add_permission(self, request) -> bool:
         return False  # runs are started through Run.objects.start (dashboard, CLI, API)

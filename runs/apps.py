@@ -7,6 +7,11 @@ class RunsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.db.backends.signals import connection_created
+
+        from runs.search import register_sqlite_functions
         from runs.workflow import registry
 
+        # The text search's fold() on SQLite (runs.search); the import registers its lookup.
+        connection_created.connect(register_sqlite_functions, dispatch_uid="runs.search")
         registry.load(settings.DURABLE_WORKFLOW_MODULES)

@@ -7,7 +7,9 @@ the Run model's operator methods, which raise InvalidOperation.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
+import jsonschema
 from django import forms
 from django.core.exceptions import ValidationError
 from django.db.models import Q, QuerySet
@@ -15,6 +17,7 @@ from django.db.models import Q, QuerySet
 from runs import jsoninput
 from runs.jsoninput import JSONInputError
 from runs.models import ACTIVE_STATUSES, Run, Status
+from runs.search import text_condition
 
 # Runs an action on "all matching this filter" touches per request; the
 # confirmation says so when more match.
@@ -70,6 +73,96 @@ class SignalForm(ReasonForm):
     )
 
 
+class DecisionForm(ReasonForm):
+    """A person's answer to a run waiting for a signal: approve, reject, or a JSON payload."""
+
+    DECISIONS = (("approve", "Approve"), ("reject", "Reject"), ("payload", "Send the JSON payload"))
+
+    decision = forms.ChoiceField(choices=DECISIONS)
+    payload = JSONTextField(
+        required=False,
+        label="Payload (JSON)",
+        widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false", "class": "json-input"}),
+    )
+    # The wait position the person was shown; the decision is refused if the run moved on.
+    at = forms.IntegerField(required=False, min_value=0, widget=forms.HiddenInput)
+
+    def clean(self):
+        data = super().clean()
+        if data.get("decision") == "payload" and not (self.data.get("payload") or "").strip():
+            self.add_error("payload", "Write the JSON payload to send, or approve or reject instead.")
+        return data
+
+    def signal_payload(self, username: str) -> Any:
+        """What the run receives: approvals as agents expect them, {"approved", "note", "by"}."""
+        decision = self.cleaned_data["decision"]
+        if decision == "payload":
+            return self.cleaned_data["payload"]
+        approved = decision == "approve"
+        note = self.cleaned_data["reason"] or f"{'approved' if approved else 'rejected'} by {username}"
+        return {"approved": approved, "note": note, "by": username}
+
+
+def input_schema(workflow: str) -> dict | None:
+    """The JSON schema a workflow declares for its input (an `input_schema` attribute on
+    its function), or None."""
+    from runs.workflow import UnknownWorkflow, registry
+
+    try:
+        schema = getattr(registry.get(workflow).fn, "input_schema", None)
+    except UnknownWorkflow:
+        return None
+    return schema if isinstance(schema, dict) else None
+
+
+class StartRunForm(forms.Form):
+    """Start a run from the dashboard: a registered workflow, its input, and the options
+    the API takes (an idempotency key, a queue)."""
+
+    workflow = forms.ChoiceField(choices=())
+    input = JSONTextField(
+        required=False,
+        label="Input (JSON)",
+        help_text="Empty starts the run with null.",
+        widget=forms.Textarea(attrs={"rows": 10, "spellcheck": "false", "class": "json-input"}),
+    )
+    idempotency_key = forms.CharField(
+        required=False,
+        max_length=200,
+        help_text="Starting again with the same key opens the run it started instead of a new one.",
+    )
+    queue = forms.ChoiceField(required=False, choices=(), help_text="Empty: the workflow's own queue.")
+
+    def __init__(self, *args, workflows: list[str], queues: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["workflow"].choices = [(name, name) for name in workflows]
+        self.fields["queue"].choices = [("", "the workflow's queue"), *((q, q) for q in queues)]
+
+    def clean_idempotency_key(self) -> str | None:
+        key = self.cleaned_data["idempotency_key"]
+        if "\x00" in key:
+            raise ValidationError("An idempotency key cannot contain a NUL character.")
+        return key or None
+
+    def clean(self):
+        data = super().clean()
+        schema = input_schema(data.get("workflow", ""))
+        if schema is None or "input" in self.errors:
+            return data
+        checker = jsonschema.validators.validator_for(schema)
+        try:
+            checker.check_schema(schema)
+        except jsonschema.SchemaError:
+            self.add_error("workflow", "This workflow's input schema is itself invalid; tell its author.")
+            return data
+        validator = checker(schema)
+        problems = sorted(validator.iter_errors(data.get("input")), key=lambda error: list(error.path))
+        for problem in problems[:10]:
+            where = "/".join(str(part) for part in problem.path) or "the input"
+            self.add_error("input", f"{where}: {problem.message}")
+        return data
+
+
 class EditOutputForm(ReasonForm):
     output = JSONTextField(
         label="New output (JSON)",
@@ -118,7 +211,7 @@ class RunFilterForm(forms.Form):
         if with_status and data.get("status"):
             runs = runs.filter(status=data["status"])
         if data.get("workflow"):
-            runs = runs.filter(workflow=data["workflow"])
+            runs = runs.filter(workflow__in=workflows_named(data["workflow"]))
         if data.get("started_after"):
             runs = runs.filter(created_at__gte=data["started_after"])
         if data.get("started_before"):
@@ -136,15 +229,32 @@ class RunFilterForm(forms.Form):
                 items.append((name, raw))
         return items
 
+    def live_query(self, stamp: str) -> str:
+        """The live refresh's query string: the filters, the page's cursor, and the stamp
+        of the moment the page was drawn (Run.objects.last_change)."""
+        cursor = [(name, self.data[name]) for name in ("before", "after") if self.data.get(name)]
+        return urlencode([*self.query_items(), *cursor, ("v", stamp)])
+
     @property
     def is_filtered(self) -> bool:
         return bool(self.query_items())
 
 
-def search_condition(text: str) -> Q:
-    """A run id (with or without #) matches that run; any text matches inside the input JSON."""
+def workflows_named(text: str) -> list[str]:
+    """The workflow filter's names: the text itself, and the registered workflows whose
+    names start with it. A list rather than LIKE 'text%', so that the index on
+    (workflow, -id) still serves the list newest first."""
+    from runs.workflow import registry
+
     text = text.strip()
-    condition = Q(input__icontains=text)
+    return [text, *(name for name in registry.names() if name.startswith(text) and name != text)][:50]
+
+
+def search_condition(text: str) -> Q:
+    """A run id (with or without #) matches that run; any text matches inside the input,
+    the output or the error message (runs.search)."""
+    text = text.strip()
+    condition = text_condition(text)
     digits = text.removeprefix("#")
     # Bounded so that a long number cannot overflow the id column.
     if digits.isdigit() and len(digits) <= 18:

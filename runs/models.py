@@ -216,6 +216,19 @@ class RunQuerySet(models.QuerySet):
             return self.get(dedupe_key=dedupe_key), False  # a concurrent start won the key
         return run, True
 
+    def awaiting_decision(self):
+        """Runs waiting for a signal, the nearest deadline first (no deadline last).
+        Read through the partial index run_waiting_kind."""
+        waiting = self.filter(status=Status.WAITING, wait_kind=WaitKind.SIGNAL)
+        return waiting.order_by(models.F("wake_at").asc(nulls_last=True), "id")
+
+    def last_change(self) -> str:
+        """A stamp that changes whenever any run does: every write to a run sets its
+        updated_at, and a new run starts with one. One query, read from the index on
+        updated_at, so the same cost at any table size (the run list's live refresh)."""
+        latest = self.aggregate(latest=models.Max("updated_at"))["latest"]
+        return f"{latest.timestamp():.6f}" if latest else "0"
+
     def claim(self, run_id: int, owner: str, token: str) -> bool:
         """Take the lease on a pending run. A duplicate doorbell finds nothing to claim."""
         check_transition([Status.PENDING], Status.RUNNING)
@@ -435,6 +448,8 @@ class Run(models.Model):
             # Run list filtered by status or workflow, newest first (keyset on id).
             models.Index(fields=["status", "-id"], name="run_status_id"),
             models.Index(fields=["workflow", "-id"], name="run_workflow_id"),
+            # The run list's live refresh: has any run changed since? (MAX(updated_at)).
+            models.Index(fields=["updated_at"], name="run_updated_at"),
             # Overview (runs started in the last 24 h) and the started-between filter.
             models.Index(fields=["created_at"], name="run_created_at"),
             # Started-between combined with a status or a workflow filter, newest first.
@@ -1225,6 +1240,38 @@ class Run(models.Model):
         self.refresh_from_db()
         return signal
 
+    def decide(self, payload: Any, *, at: int | None, by=None, reason: str = "") -> Signal:
+        """Answer the signal wait a person was shown (the one at position `at`).
+
+        Unlike send_signal, which keeps an early signal for later, a decision is refused
+        once the run no longer waits there or someone has answered already: two
+        operators deciding at once cannot both be taken.
+        """
+        try:
+            payload = ensure_json(payload, "decision")
+        except ValueError as exc:
+            raise InvalidOperation(str(exc)) from None
+        with transaction.atomic():
+            # The update locks the row until commit: a second decision waits here, then
+            # finds the first one's signal below.
+            touched = Run.objects.filter(
+                pk=self.pk, status=Status.WAITING, wait_kind=WaitKind.SIGNAL, wait_position=at
+            ).update(updated_at=timezone.now())
+            if not touched:
+                raise InvalidOperation(f"Run {self.pk} no longer waits for this decision.")
+            self.refresh_from_db(fields=["wait_signal"])
+            if self.signals.filter(name=self.wait_signal, consumed_at__isnull=True).exists():
+                raise InvalidOperation(f"Run {self.pk} has been answered already; it continues shortly.")
+            signal = Signal.objects.create(
+                run=self, name=self.wait_signal, payload=payload, sent_by=actor_label(by)
+            )
+            details = {"name": self.wait_signal, "payload": payload}
+            AuditEntry.record(self, "decide", by, reason=reason, details=details)
+        if Run.objects.filter(pk=self.pk, wait_signal=signal.name).signalled_while_waiting().exists():
+            self.wake()
+        self.refresh_from_db()
+        return signal
+
     def edit_checkpoint(self, position: int, output: Any, by=None, reason: str = "") -> Checkpoint:
         """Replace the output of a live checkpoint, keep the old one superseded, and resume."""
         try:
@@ -1381,6 +1428,11 @@ class Run(models.Model):
             return False
         served = WorkerProcess.served_queues() if served is None else served
         return served is not None and self.queue not in served
+
+    @property
+    def awaits_decision(self) -> bool:
+        """Waiting for a signal: a person is expected to answer (the inbox)."""
+        return self.status == Status.WAITING and self.wait_kind == WaitKind.SIGNAL
 
     @property
     def can_resume(self) -> bool:
@@ -1741,6 +1793,7 @@ class WorkerProcess(models.Model):
     queues = models.JSONField(default=list, blank=True)
 
     class Meta:
+        verbose_name_plural = "worker processes"
         indexes = [
             # Sweep: which processes are still alive.
             models.Index(fields=["heartbeat_at"], name="worker_heartbeat"),

@@ -1,10 +1,14 @@
 from django.urls import path
 
-from runs import bulk_views, run_actions, views
+from runs import bulk_views, inbox, list_refresh, run_actions, start_page, views, workers_page
 
 urlpatterns = [
     path("", views.run_list, name="run_list"),
-    path("runs/rows/", views.run_rows, name="run_rows"),
+    path("runs/rows/", list_refresh.run_rows, name="run_rows"),
+    path("inbox/", inbox.inbox, name="inbox"),
+    path("inbox/<int:run_id>/decide/", inbox.inbox_decide, name="inbox_decide"),
+    path("workers/", workers_page.workers, name="workers"),
+    path("start/", start_page.start_run, name="start_run"),
     path("overview/", views.run_overview, name="run_overview"),
     path("runs/bulk/", views.run_bulk, name="run_bulk"),
     path("runs/recover/", bulk_views.recover, name="run_recover"),

@@ -34,14 +34,12 @@ from django.db.models import CharField, Count, Max, Q, QuerySet, Sum, TextField
 from django.db.models.functions import Cast, Substr
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import (
     HttpResponseClientRedirect,
     HttpResponseLocation,
-    HttpResponseStopPolling,
     reswap,
     retarget,
 )
@@ -67,15 +65,16 @@ from runs.models import (
     WorkerProcess,
     code_versions_from,
 )
+from runs.search import text_condition
 from runs.templatetags.dashboard import JSON_CAP
 from runs.workflow import registry
 from steps.models import Attempt, AttemptGroup, Branch, Checkpoint, CheckpointStatus, group_attempts
 
 PAGE_SIZE = 50
-# The live-rows fragment refreshes at most this many rows per poll.
-LIVE_ROWS_LIMIT = 200
 # Runs with more steps than this refresh their page every 10 s instead of 2 s.
 LONG_RUN_STEPS = 200
+# A finished run's page, or a long run's, polls this often (a 204 while nothing changed).
+FINISHED_POLL = "8s"
 # Child runs listed on a run page.
 CHILDREN_SHOWN = 50
 # Audit entries shown on a run page, newest first.
@@ -126,14 +125,19 @@ def can_view(user) -> bool:
     return user.has_perm("runs.view_run") or user.has_perm("runs.operate")
 
 
+# What the 403 page says is missing (templates/403.html shows the exception's message).
+VIEW_NEEDED = "Looking at runs needs the “runs.view_run” permission (Can view run), or “runs.operate”."
+OPERATE_NEEDED = "This needs the “runs.operate” permission (Can resume, retry, cancel, signal and edit runs)."
+
+
 def check_viewer(user) -> None:
     if not can_view(user):
-        raise PermissionDenied
+        raise PermissionDenied(VIEW_NEEDED)
 
 
 def check_operator(user) -> None:
     if not user.has_perm("runs.operate"):
-        raise PermissionDenied
+        raise PermissionDenied(OPERATE_NEEDED)
 
 
 def get_run(request: AuthenticatedHttpRequest, run_id: int, *, operate: bool = False) -> Run:
@@ -251,9 +255,10 @@ def keyset_page(
 
 
 def search_page(runs: QuerySet[Run], text: str, before: int | None, after: int | None) -> RunPage:
-    """Runs whose input contains `text`, found among SEARCH_WINDOW run ids at a time.
+    """Runs whose input, output or error contains `text` (runs.search), found among
+    SEARCH_WINDOW run ids at a time.
 
-    Nothing indexes the text of inputs, so a search reads runs one by one; at a
+    Nothing indexes that text, so a search reads runs one by one; at a
     million runs, reading them all takes seconds. Each page reads at most one window
     of ids, and the pager goes on into the next window. A run id typed as the
     search is found wherever it is, on the first page.
@@ -262,8 +267,8 @@ def search_page(runs: QuerySet[Run], text: str, before: int | None, after: int |
         low, high = after + 1, after + 1 + SEARCH_WINDOW
     else:
         high = before if before is not None else (Run.objects.aggregate(top=Max("pk"))["top"] or 0) + 1
-        low = max(high - SEARCH_WINDOW, 0)
-    matching = runs.filter(input__icontains=text, pk__gte=low, pk__lt=high)
+        low = max(high - SEARCH_WINDOW, 1)  # run ids start at 1
+    matching = runs.filter(text_condition(text), pk__gte=low, pk__lt=high)
     page = keyset_page(matching, before, after)
     page.searched = (low, high)
     if page.older is None and low > 1:
@@ -380,6 +385,8 @@ def status_counts(
 
 
 def list_context(filters: RunFilterForm) -> dict[str, Any]:
+    # Read before the rows: a run changing in between shows at the next live refresh.
+    stamp = Run.objects.last_change()
     values = filters.values()
     before, after, text = values.get("before"), values.get("after"), values.get("q")
     keyset = Keyset(by_start=bool(values.get("started_after") or values.get("started_before")))
@@ -387,7 +394,7 @@ def list_context(filters: RunFilterForm) -> dict[str, Any]:
         page = search_page(filters.runs(search=False), text, before, after)
         low, high = page.searched
         window = filters.runs(with_status=False, search=False)
-        found = window_counts(window.filter(input__icontains=text, pk__gte=low, pk__lt=high))
+        found = window_counts(window.filter(text_condition(text), pk__gte=low, pk__lt=high))
         counts = status_counts(found, filters)
     elif keyset.by_start:
         page = keyset_page(filters.runs(), before, after, keyset)
@@ -415,6 +422,7 @@ def list_context(filters: RunFilterForm) -> dict[str, Any]:
         "search_window": SEARCH_WINDOW,
         "selected": set(),
         "bulk_limit": BULK_LIMIT,
+        "refresh_query": filters.live_query(stamp),
     }
 
 
@@ -433,22 +441,6 @@ def parse_ids(values: list[str]) -> list[int]:
     for value in values:
         ids += [int(part) for part in value.split(",") if part.strip().isdigit() and len(part) <= 18]
     return ids
-
-
-@require_GET
-@login_required
-def run_rows(request: AuthenticatedHttpRequest) -> HttpResponse:
-    """Fresh rows for the active runs on a list page; 286 stops the polling once none is active."""
-    check_viewer(request.user)
-    ids = parse_ids(request.GET.getlist("ids"))[:LIVE_ROWS_LIMIT]
-    runs = list(Run.objects.filter(pk__in=ids).defer(*LIST_DEFERRED).order_by("-pk"))
-    prepare_rows(runs)
-    page = RunPage(runs)
-    context = {"page": page, "selected": set(parse_ids(request.GET.getlist("run")))}
-    html = render_to_string("runs/list.html#live-rows", context, request=request)
-    if not page.active_ids:
-        return HttpResponseStopPolling(html)
-    return HttpResponse(html)
 
 
 # --- overview --------------------------------------------------------------------------
@@ -768,7 +760,7 @@ def detail_context(request: AuthenticatedHttpRequest, run: Run, **extra) -> dict
         "backoff": run.backoff(),
         "version": live_stamp(run),
         # A long run's page is heavy to redraw: it refreshes less often.
-        "poll_every": "2s" if len(steps) <= LONG_RUN_STEPS else "10s",
+        "poll_every": "2s" if run.is_active and len(steps) <= LONG_RUN_STEPS else FINISHED_POLL,
         "signal_form": signal_form_for(run),
         "waiting_for_signal": waiting_for_signal,
         # The shortcuts answer an approval the way agents expect it: {"approved": bool, "note": str}.
@@ -803,14 +795,12 @@ def run_detail(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
 @require_GET
 @login_required
 def run_live(request: AuthenticatedHttpRequest, run_id: int) -> HttpResponse:
-    """The run page's live section: 204 while nothing changed, 286 once the run is final."""
+    """The run page's live section, 204 while nothing changed. A finished run keeps a
+    slow poll: an edit made in the admin, the CLI or by another operator shows there."""
     run = get_run(request, run_id)
-    if run.is_active and request.GET.get("v") == live_stamp(run):
+    if request.GET.get("v") == live_stamp(run):
         return HttpResponse(status=204)
-    html = render_to_string("runs/detail.html#run-live", detail_context(request, run), request=request)
-    if run.is_final:
-        return HttpResponseStopPolling(html)
-    return HttpResponse(html)
+    return render(request, "runs/detail.html#run-live", detail_context(request, run))
 
 
 @require_GET

@@ -45,10 +45,25 @@ def test_every_page_opens_for_viewers_and_operators(client, make):
         assert client.get(url).status_code in (200, 286), url
 
 
-def test_the_403_page_explains(client):
+def test_the_403_page_names_the_missing_permission_and_offers_another_login(client):
     client.force_login(make_user("stranger"))
-    html = client.get("/").content.decode()
-    assert "need the <code>operate</code> permission" in html
+    response = client.get("/")
+    html = response.content.decode()
+    assert response.status_code == 403
+    assert "needs the “runs.view_run” permission" in html
+    assert "signed in as <strong>stranger</strong>" in html
+    assert "Back to the runs" not in html  # it would only lead back here
+    assert "Log in as someone else" in html
+
+
+def test_a_viewer_refused_an_action_is_told_what_it_needs_and_sent_back_to_the_runs(client):
+    client.force_login(make_viewer())
+    run = make_failed_run()
+    response = client.post(reverse("run_resume", args=[run.pk]))
+    html = response.content.decode()
+    assert response.status_code == 403
+    assert "needs the “runs.operate” permission" in html
+    assert '<a href="/">Back to the runs</a>' in html
 
 
 def test_the_login_page_is_styled_like_the_rest(client):

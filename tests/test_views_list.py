@@ -1,5 +1,6 @@
 """The run list: filters, status counts, keyset pages, live rows, overview numbers."""
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -11,7 +12,7 @@ from django.utils import timezone
 
 from runs import views
 from runs.models import AuditEntry, Run, Status, WaitKind
-from tests.factories import make_failed_run, make_operator, make_run, make_viewer
+from tests.factories import make_failed_run, make_operator, make_run, make_viewer, make_waiting_run
 
 pytestmark = pytest.mark.django_db
 
@@ -244,12 +245,12 @@ def test_links_work_with_and_without_javascript(viewer_client):
     assert 'hx-push-url="true"' in html
 
 
-def test_it_polls_only_while_a_run_on_the_page_is_active(viewer_client):
+def test_it_polls_its_rows_with_its_filters_and_the_moment_it_was_drawn(viewer_client):
     make_run(Status.SUCCEEDED)
-    assert 'hx-trigger="every 2s"' not in viewer_client.get("/").content.decode()
-    active = make_run(Status.RUNNING, lease_owner="w1")
-    html = viewer_client.get("/").content.decode()
-    assert f'hx-get="/runs/rows/?ids={active.pk}" hx-trigger="every 2s"' in html
+    html = viewer_client.get("/?status=failed&workflow=arithmetic").content.decode()
+    stamp = Run.objects.last_change()
+    query = f"status=failed&amp;workflow=arithmetic&amp;v={stamp}"
+    assert f'hx-get="/runs/rows/?{query}" hx-trigger="every 5s, visibilitychange from:document"' in html
 
 
 def test_it_hides_bulk_controls_from_viewers(viewer_client):
@@ -312,56 +313,117 @@ def test_it_issues_the_same_number_of_queries_for_any_number_of_rows(viewer_clie
 def test_its_query_count_stays_small(viewer_client, django_assert_max_num_queries):
     for index in range(30):
         make_run([Status.SUCCEEDED, Status.FAILED, Status.RUNNING][index % 3], 2)
-    # session, user, permissions (2), counts, page, typical steps, model usage
-    with django_assert_max_num_queries(8):
+    # session, user, permissions (2), last change (live refresh), counts, page, typical
+    # steps, model usage, runs awaiting a decision (the navigation's inbox count)
+    with django_assert_max_num_queries(10):
         viewer_client.get("/")
 
 
 # --- live rows -----------------------------------------------------------------------
 
 
-def test_live_rows_return_fresh_rows_as_out_of_band_swaps(viewer_client):
-    running = make_run(Status.RUNNING, 1, lease_owner="w1")
-    response = viewer_client.get(f"/runs/rows/?ids={running.pk}", **HTMX)
-    html = response.content.decode()
+def live_query(client, query: str = "") -> str:
+    """The query string the list page drawn at `query` polls with."""
+    html = client.get("/" + (f"?{query}" if query else "")).content.decode()
+    return re.search(r'hx-get="/runs/rows/\?([^"]*)"', html).group(1).replace("&amp;", "&")
+
+
+def test_live_rows_answer_204_after_one_query_while_no_run_changed(viewer_client):
+    for _ in range(3):
+        make_run(Status.RUNNING, lease_owner="w1")
+    query = live_query(viewer_client)
+    with CaptureQueriesContext(connection) as queries:
+        response = viewer_client.get(f"/runs/rows/?{query}", **HTMX)
+    assert response.status_code == 204
+    on_runs = [q["sql"] for q in queries.captured_queries if "runs_run" in q["sql"]]
+    assert len(on_runs) == 1 and "MAX" in on_runs[0].upper()
+
+
+def test_live_rows_send_counts_rows_and_pager_once_a_run_changed(viewer_client):
+    failed = make_failed_run()
+    query = live_query(viewer_client)
+    Run.objects.filter(pk=failed.pk).update(status=Status.SUCCEEDED, updated_at=timezone.now())
+    new = make_run(Status.RUNNING, lease_owner="w1", created_ago=timedelta(0))
+    response = viewer_client.get(f"/runs/rows/?{query}", **HTMX)
+    html = " ".join(response.content.decode().split())
     assert response.status_code == 200
-    compact = " ".join(html.split())
-    assert f'<template> <tr id="run-{running.pk}" class="run-row" hx-swap-oob="true">' in compact
-    assert 'id="live-poller" hx-swap-oob="true"' in html
-    assert f"ids={running.pk}" in html
+    assert '<nav id="run-counts" class="counts" aria-label="Runs by status" hx-swap-oob="true">' in html
+    assert '<template> <tbody id="run-rows" hx-swap-oob="true">' in html
+    assert 'id="run-pager" hx-swap-oob="true"' in html
+    assert f'id="run-{new.pk}"' in html  # a run started meanwhile appears
+    row = html[html.index(f'id="run-{failed.pk}"') :]
+    assert "st-succeeded" in row[: row.index("</tr>")]
+    # The next poll carries the new stamp.
+    assert f"v={Run.objects.last_change()}" in html
+    assert viewer_client.get(f"/runs/rows/?{live_query(viewer_client)}", **HTMX).status_code == 204
 
 
-def test_live_rows_stop_the_polling_once_nothing_is_active(viewer_client):
-    finished = make_run(Status.SUCCEEDED)
-    response = viewer_client.get(f"/runs/rows/?ids={finished.pk}", **HTMX)
-    assert response.status_code == 286
-    html = response.content.decode()
-    assert f'id="run-{finished.pk}"' in html  # the last update is still swapped in
-    assert "hx-trigger" not in html
+def test_live_rows_keep_the_filters_and_the_page(viewer_client):
+    failed = make_failed_run()
+    query = live_query(viewer_client, "status=failed")
+    other = make_run(Status.SUCCEEDED)
+    html = viewer_client.get(f"/runs/rows/?{query}", **HTMX).content.decode()
+    assert f'id="run-{failed.pk}"' in html
+    assert f'id="run-{other.pk}"' not in html
 
 
 def test_live_rows_keep_the_selection(operator_client):
     running = make_run(Status.RUNNING, 1, lease_owner="w1")
     other = make_run(Status.RUNNING, 1, lease_owner="w1")
-    html = operator_client.get(f"/runs/rows/?ids={running.pk},{other.pk}&run={running.pk}").content.decode()
+    html = operator_client.get(f"/runs/rows/?v=old&run={running.pk}").content.decode()
     assert f'value="{running.pk}" aria-label="select run {running.pk}" checked' in html
     assert f'value="{other.pk}" aria-label="select run {other.pk}">' in html
 
 
-def test_live_rows_ignore_garbage_ids(viewer_client):
-    response = viewer_client.get("/runs/rows/?ids=abc,,-1," + "9" * 40)
-    assert response.status_code == 286
+def test_live_rows_report_bad_values_without_failing(viewer_client):
+    make_run()
+    response = viewer_client.get("/runs/rows/?v=x&run=abc,,-1," + "9" * 40 + "&before=zz&status=bogus")
+    assert response.status_code == 200
 
 
 def test_live_rows_use_a_constant_number_of_queries(viewer_client):
-    def count(ids) -> int:
+    def count() -> int:
         with CaptureQueriesContext(connection) as queries:
-            viewer_client.get("/runs/rows/?ids=" + ",".join(map(str, ids)))
+            viewer_client.get("/runs/rows/?v=old")
         return len(queries)
 
-    few = [make_run(Status.RUNNING, 1, lease_owner="w").pk for _ in range(2)]
-    many = few + [make_run(Status.RUNNING, 2, lease_owner="w").pk for _ in range(30)]
-    assert count(few) == count(many)
+    for _ in range(2):
+        make_run(Status.RUNNING, 1, lease_owner="w")
+    few = count()
+    for _ in range(30):
+        make_run(Status.RUNNING, 2, lease_owner="w")
+    assert count() == few
+
+
+def test_failed_rows_carry_a_resume_and_signal_waits_the_decision(operator_client):
+    failed = make_failed_run()
+    waiting = make_waiting_run("approval")
+    html = operator_client.get("/").content.decode()
+    assert f'form="row-resume-{failed.pk}" aria-label="resume run {failed.pk}">Resume…</button>' in html
+    assert f'<form id="row-resume-{failed.pk}" method="post" action="/runs/{failed.pk}/resume/">' in html
+    assert f'form="row-approve-{waiting.pk}"' in html and f'form="row-reject-{waiting.pk}"' in html
+    assert f'action="/inbox/{waiting.pk}/decide/"' in html
+    row = html[html.index(f'id="run-{waiting.pk}"') :]
+    assert "needs decision" in row[: row.index("</tr>")]
+    assert "1</span> awaiting a decision" in html
+
+
+def test_a_row_resume_lands_on_the_confirmation_then_resumes(operator_client):
+    failed = make_failed_run()
+    confirm = operator_client.post(f"/runs/{failed.pk}/resume/")
+    assert confirm.status_code == 200
+    assert f"Resume run {failed.pk}" in confirm.content.decode()
+    done = operator_client.post(f"/runs/{failed.pk}/resume/", {"confirmed": "yes"})
+    assert done.status_code == 303
+    failed.refresh_from_db()
+    assert failed.status == Status.PENDING
+
+
+def test_viewers_get_no_row_actions(viewer_client):
+    make_failed_run()
+    make_waiting_run("approval")
+    html = viewer_client.get("/").content.decode()
+    assert "row-resume-" not in html and "row-approve-" not in html
 
 
 # --- overview ------------------------------------------------------------------------
@@ -531,3 +593,32 @@ def test_counts_filtered_by_start_time_are_lower_bounds_beyond_a_sample(viewer_c
     counts = {c["status"]: c for c in viewer_client.get(f"/?started_after={since}").context["counts"]}
     assert (counts[""]["count"], counts[""]["capped"]) == (5, False)
     assert counts[Status.FAILED]["count"] == 2
+
+
+# --- filter values -----------------------------------------------------------------------
+
+
+def test_the_workflow_filter_takes_the_start_of_registered_names(viewer_client):
+    import tests.workflows  # noqa: F401  (registers "approval")
+
+    approval = make_run(workflow="approval")
+    other = make_run(workflow="counter")
+    assert row_ids(viewer_client.get("/?workflow=appro")) == [approval.pk]
+    assert row_ids(viewer_client.get("/?workflow=counter")) == [other.pk]
+    assert row_ids(viewer_client.get("/?workflow=zzz")) == []
+
+
+@pytest.mark.parametrize(
+    "query", ["status=bogus", "started_after=notadate", "started_before=2025-13-45T99:99"]
+)
+def test_a_bad_filter_is_named_and_the_list_says_it_is_not_filtered_by_it(viewer_client, query):
+    runs = [make_run(Status.SUCCEEDED).pk, make_failed_run().pk]
+    response = viewer_client.get(f"/?{query}")
+    assert response.status_code == 200
+    assert sorted(row_ids(response)) == sorted(runs)
+    html = response.content.decode()
+    assert '<div class="filter-errors" role="alert">' in html
+    assert "The list below is not filtered by these" in html
+    bad = query.split("=", 1)[1]
+    assert f"“{bad}”" in html
+    assert f"v={Run.objects.last_change()}" in html and bad not in live_query(viewer_client, query)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any, NamedTuple
 
 from django import template
 from django.utils import timezone
+from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from runs import jsoninput
@@ -474,3 +475,27 @@ def build_hourly_chart(hours: list[dict], height: int = 130, width: int = 720) -
 @register.inclusion_tag("runs/_chart.html")
 def hourly_chart(hours):
     return build_hourly_chart(hours)
+
+
+def day_label(moment: datetime, now: datetime | None = None) -> str:
+    """ "today 19:00", "yesterday 19:00", or the date for anything older, in UTC."""
+    now = now or timezone.now()
+    moment = moment.astimezone(UTC)
+    days = (now.astimezone(UTC).date() - moment.date()).days
+    day = {0: "today", 1: "yesterday"}.get(days, moment.strftime("%Y-%m-%d"))
+    return f"{day} {moment:%H:%M}"
+
+
+@register.simple_tag
+def local_time(moment: datetime | None) -> str:
+    """A moment as a relative day and time: in UTC as sent, in the viewer's time zone once
+    app.js has read it (the browser's zone), and always in UTC on hover."""
+    if moment is None:
+        return ""
+    utc = moment.astimezone(UTC)
+    return format_html(
+        '<time datetime="{}" title="{} UTC" data-local>{} UTC</time>',
+        utc.isoformat(),
+        utc.strftime("%Y-%m-%d %H:%M:%S"),
+        day_label(utc),
+    )
