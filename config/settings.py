@@ -454,6 +454,9 @@ DURABLE_JSON_MAX_BYTES = envint("DURABLE_JSON_MAX_BYTES", 1024 * 1024, minimum=1
 DURABLE_JSON_MAX_DEPTH = envint("DURABLE_JSON_MAX_DEPTH", 64, minimum=1)
 if DURABLE_JSON_MAX_DEPTH > 200:
     raise ImproperlyConfigured("DURABLE_JSON_MAX_DEPTH must be at most 200")
+# A step's arguments are kept on its checkpoint up to this many bytes of JSON; larger
+# ones keep only their digest, enough for `runs check` to see that they changed.
+DURABLE_STEP_INPUT_BYTES = envint("DURABLE_STEP_INPUT_BYTES", 16 * 1024, minimum=0)
 
 # The sweep runs in every worker's main process (runs.liveness), where a queue full of long
 # runs cannot delay it; beat only schedules upkeep such as pruning.

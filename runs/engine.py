@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import Error as DatabaseFailure
 from django.utils import timezone
 
-from runs import liveness
+from runs import liveness, stepinputs
 from runs.models import Run, WaitKind, ensure_json
 from runs.redaction import redact
 from runs.workflow import (
@@ -30,6 +30,7 @@ from runs.workflow import (
     UnknownWorkflow,
     _current_step,
     call,
+    patch_marker,
     registry,
     step_definition,
 )
@@ -147,6 +148,34 @@ class RunContext:
             seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
             deadline = started + timedelta(seconds=seconds)
         self._suspend(WaitKind.SIGNAL, position, wake_at=deadline, signal=name)
+
+    def patched(self, change_id: str) -> bool:
+        """True where this run reaches this point under code that has the change, False for
+        runs that were recorded past it before the change: `if ctx.patched("x"): new path`.
+
+        Reaching it fresh records a marker checkpoint here, so a replay answers True again;
+        a run whose recorded step here is not that marker went the old way and takes no
+        position (its recorded steps still line up).
+        """
+        name = patch_marker(change_id)
+        recorded = self._recorded.get(self._position)
+        if recorded is not None and recorded.name != name:
+            return False
+        position = self._take_position()
+        if recorded is None:
+            self._checkpoint(position, name, output=True, started_at=timezone.now())
+        return True
+
+    def deprecate_patch(self, change_id: str) -> None:
+        """The change's old path is gone: keep replaying runs that recorded its marker.
+
+        Replace `if ctx.patched("x"):` by this once no run recorded before the change is in
+        flight; remove it once no run that recorded the marker is (`runs check` says which).
+        """
+        name = patch_marker(change_id)
+        recorded = self._recorded.get(self._position)
+        if recorded is not None and recorded.name == name:
+            self._take_position()
 
     def parallel(self, calls) -> list:
         """Run several steps at once, on any workers, and return their outputs in call order.
@@ -303,6 +332,7 @@ class RunContext:
             if attempt > definition.retry.max_attempts:
                 self._attempts_spent(definition, position, attempt - 1)
         started = timezone.now()
+        called_with = stepinputs.record(args, kwargs)
         info = StepInfo(
             run_id=self.run_id,
             name=definition.name,
@@ -318,7 +348,7 @@ class RunContext:
             except ValueError as exc:
                 raise StepOutputError(str(exc)) from None
         except Exception as exc:
-            self._failed(definition, position, attempt, started, exc)
+            self._failed(definition, position, attempt, started, exc, called_with)
         finally:
             _current_step.reset(reset)
         self._checkpoint(
@@ -328,6 +358,7 @@ class RunContext:
             started_at=started,
             attempts=attempt,
             meta=info.meta or None,
+            input=called_with,
         )
         return value
 
@@ -351,7 +382,9 @@ class RunContext:
             self._stop(outcome)
         raise StepFailed(definition.name, position, error["error_type"], error["error_message"], "")
 
-    def _failed(self, definition: StepDefinition, position: int, attempt: int, started, exc: Exception):
+    def _failed(
+        self, definition: StepDefinition, position: int, attempt: int, started, exc: Exception, called_with
+    ):
         error = describe(exc)
         record = dict(
             position=position,
@@ -384,6 +417,7 @@ class RunContext:
             epoch=self._run.epoch,
             started_at=started,
             finished_at=record["finished_at"],
+            input=called_with,
             **error,
         )
         if outcome != "ok":
@@ -401,6 +435,7 @@ class RunContext:
         started_at,
         attempts: int = 1,
         meta: dict | None = None,
+        input: dict | None = None,
     ) -> None:
         outcome = self._db(
             self._run.record_checkpoint,
@@ -414,6 +449,7 @@ class RunContext:
             started_at=started_at,
             finished_at=timezone.now(),
             meta=meta,
+            input=input,
         )
         if outcome != "ok":
             self._stop(outcome)

@@ -1273,6 +1273,7 @@ CHECKPOINT_FIELDS = (
     "started_at",
     "finished_at",
     "meta",
+    "input",
 )
 _statements: dict[str, tuple[str, str, str]] = {}
 
@@ -1305,7 +1306,14 @@ def _prepared(model, values: dict) -> list:
 
 
 def _checkpoint_params(run_id: int, fields: dict) -> list:
-    defaults = {"error_type": "", "error_message": "", "error_traceback": "", "attempts": 1, "meta": None}
+    defaults = {
+        "error_type": "",
+        "error_message": "",
+        "error_traceback": "",
+        "attempts": 1,
+        "meta": None,
+        "input": None,
+    }
     values = {"output": None, "epoch": 0, **defaults, **fields, "run_id": run_id}
     unknown = set(values) - set(CHECKPOINT_FIELDS)
     if unknown:

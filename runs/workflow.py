@@ -149,6 +149,17 @@ class WorkflowDefinition:
         return "src-" + hashlib.sha256(source.encode()).hexdigest()[:12]
 
 
+PATCH_PREFIX = "patch:"
+
+
+def patch_marker(change_id: str) -> str:
+    """The checkpoint name that records a run took `ctx.patched(change_id)`'s new path."""
+    if not isinstance(change_id, str):
+        raise TypeError(f"a change id is a string, got {type(change_id).__name__}")
+    check_name(change_id, "change id")
+    return PATCH_PREFIX + change_id
+
+
 class UnknownWorkflow(LookupError):
     pass
 
