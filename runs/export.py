@@ -446,6 +446,7 @@ def replay(document: dict[str, Any]) -> ReplayReport:
         return _conclude(report, "error", str(exc))
     report.current_version = definition.version
     ctx = ReplayContext(document)
+    report.argument_changes = ctx.argument_changes  # filled in as the replay goes
     try:
         output = definition.fn(ctx, copy.deepcopy(run.get("input")))
     except ReplayStop as stop:

@@ -1599,3 +1599,43 @@ class WorkerProcess(models.Model):
         recent = cls.objects.filter(heartbeat_at__gte=timezone.now() - timedelta(seconds=within))
         listed = [queues for queues in recent.values_list("queues", flat=True) if queues]
         return {queue for queues in listed for queue in queues} if listed else None
+
+
+class ReplayCheck(models.Model):
+    """The outcome of one `runs check`: in-flight runs replayed against a checkout's code.
+
+    Kept so the dashboard can show the last one; never changes a run.
+    """
+
+    started_at = models.DateTimeField()
+    seconds = models.FloatField()
+    checked_by = models.CharField(max_length=200, blank=True)
+    # The selection the check was asked for: statuses, workflows, run ids.
+    selection = models.JSONField(default=dict, blank=True, decoder=StoredJSONDecoder)
+    runs = models.PositiveIntegerField()
+    unsafe = models.PositiveIntegerField()
+    # Per workflow: counts, code versions and the first findings (runs.replaycheck).
+    workflows = models.JSONField(default=dict, blank=True, decoder=StoredJSONDecoder)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        get_latest_by = ["started_at", "id"]
+
+    def __str__(self) -> str:
+        return f"check of {self.runs} runs at {self.started_at:%Y-%m-%d %H:%M}: {self.unsafe} unsafe"
+
+    @property
+    def ok(self) -> bool:
+        return self.unsafe == 0
+
+    @classmethod
+    def keep(cls, report, *, by: str, selection: dict) -> ReplayCheck:
+        return cls.objects.create(
+            started_at=report.started_at,
+            seconds=report.seconds,
+            checked_by=by,
+            selection=selection,
+            runs=report.runs,
+            unsafe=report.unsafe,
+            workflows=report.as_json(),
+        )
