@@ -106,3 +106,21 @@ def _shown(value: Any) -> str:
         return "(none)"
     text = json.dumps(value, ensure_ascii=False, sort_keys=True)
     return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 1] + "…"
+
+
+def shown(recorded: Any, limit: int = 300) -> str:
+    """The recorded call as one line, `(1, "a", limit=5)`, cut to `limit` characters; never fails."""
+    if not isinstance(recorded, dict):
+        return ""
+    if "args" not in recorded:
+        return f"(not kept: {recorded.get('omitted') or 'unknown'})"
+    args, kwargs = recorded.get("args"), recorded.get("kwargs") or {}
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        return "(unreadable)"
+    try:
+        parts = [json.dumps(arg, ensure_ascii=False) for arg in args]
+        parts += [f"{key}={json.dumps(value, ensure_ascii=False)}" for key, value in kwargs.items()]
+    except (TypeError, ValueError, RecursionError):
+        return "(unreadable)"
+    text = f"({', '.join(parts)})"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
