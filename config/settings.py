@@ -470,6 +470,9 @@ DURABLE_MAX_STEP_SECONDS = envfloat("DURABLE_MAX_STEP_SECONDS", 3600.0, minimum=
 DURABLE_KILL_GRACE = envfloat("DURABLE_KILL_GRACE", 30.0, minimum=0)
 # How long one delivery executes a run before handing it back to the queue at a step
 # boundary: below Redis's visibility timeout (1 h) and RabbitMQ's consumer timeout (30 min).
+# A run pinned to a workflow version this worker does not register waits this long before
+# it is dispatched again on its queue, for a worker that still has that version.
+DURABLE_PINNED_RETRY_SECONDS = envfloat("DURABLE_PINNED_RETRY_SECONDS", 60.0, minimum=0.1)
 DURABLE_DELIVERY_SECONDS = envfloat("DURABLE_DELIVERY_SECONDS", 300.0, minimum=0.01)
 # Maintenance (sweep, recoveries, wake-ups) never waits on a row lock longer than this.
 DURABLE_MAINTENANCE_LOCK_TIMEOUT = envfloat("DURABLE_MAINTENANCE_LOCK_TIMEOUT", 0.2, minimum=0.001)

@@ -31,6 +31,7 @@ from runs.workflow import (
     _current_step,
     call,
     patch_marker,
+    pinned_elsewhere,
     registry,
     step_definition,
 )
@@ -503,6 +504,8 @@ def _advance(run: Run, token: str) -> str:
         run.finish(token, error=describe(exc))
         return "failed"
 
+    if pinned_elsewhere(run.code_version, definition.version):
+        return _leave_for_its_version(run, token, definition.version)
     ctx = RunContext(run, token, list(run.live_checkpoints()))
     try:
         output = definition.fn(ctx, run.input)
@@ -521,6 +524,14 @@ def _advance(run: Run, token: str) -> str:
     except ValueError as exc:
         return _fail(run, token, exc)
     return "succeeded" if run.finish(token, output=output) else "lost"
+
+
+def _leave_for_its_version(run: Run, token: str, here: str) -> str:
+    """Not this worker's version: wait, unreplayed, and ring again on the run's queue later."""
+    log.info("run %s is pinned to version %s; this worker has %s", run.pk, run.code_version, here)
+    wake_at = timezone.now() + timedelta(seconds=settings.DURABLE_PINNED_RETRY_SECONDS)
+    outcome = run.suspend(token, WaitKind.VERSION, position=run.steps_done, wake_at=wake_at)
+    return f"{outcome}/{WaitKind.VERSION}" if outcome == "ok" else outcome
 
 
 def _fail(run: Run, token: str, exc: BaseException) -> str:

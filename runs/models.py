@@ -335,6 +335,7 @@ class WaitKind(models.TextChoices):
     BRANCHES = "branches", "parallel branches"
     CHILD = "child", "child run"
     RATE = "rate", "rate limit"
+    VERSION = "version", "a worker with its code version"
 
 
 class Run(models.Model):
@@ -1093,7 +1094,10 @@ class Run(models.Model):
         wait = {name: fields.get(name) for name in ("wait_signal", "wait_position", "wake_at")}
         if kind == WaitKind.SIGNAL and not (wait["wait_signal"] and wait["wait_position"] is not None):
             raise InvalidOperation("A run waiting for a signal needs the signal's name and its position.")
-        if kind in (WaitKind.SLEEP, WaitKind.RETRY, WaitKind.RATE) and wait["wake_at"] is None:
+        if (
+            kind in (WaitKind.SLEEP, WaitKind.RETRY, WaitKind.RATE, WaitKind.VERSION)
+            and wait["wake_at"] is None
+        ):
             raise InvalidOperation(f"A run waiting for a {kind} needs its wake time.")
         if kind in (WaitKind.CHILD, WaitKind.BRANCHES) and wait["wait_position"] is None:
             raise InvalidOperation("A run waiting for a child or branches needs their position.")
@@ -1203,6 +1207,13 @@ class Run(models.Model):
             return registry.get(self.workflow).version
         except UnknownWorkflow:
             return None
+
+    def pinned_elsewhere(self) -> bool:
+        """Recorded under a declared workflow version other than the one deployed here."""
+        from runs.workflow import pinned_elsewhere
+
+        deployed = self.deployed_version()
+        return deployed is not None and pinned_elsewhere(self.code_version, deployed)
 
     def queue_unserved(self, served: set[str] | None = None) -> bool:
         """Pending on a queue that no live worker has consumed for a minute: nobody will answer."""

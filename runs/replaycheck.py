@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from runs.export import FORMAT, FORMAT_VERSION, ReplayReport, replay
 from runs.models import Run, Signal, Status
+from runs.workflow import UnknownWorkflow, pinned_elsewhere, registry
 from steps.models import Checkpoint
 
 IN_FLIGHT = (Status.RUNNING, Status.WAITING, Status.PENDING, Status.QUEUED, Status.FAILED, Status.DEAD)
@@ -171,9 +172,29 @@ def check_runs(
     ids = list(selected.order_by("pk").values_list("pk", flat=True))
     for start in range(0, len(ids), BATCH):
         for document in _documents(ids[start : start + BATCH], now):
-            report.add(replay(document))
+            report.add(_pinned(document) or replay(document))
     report.seconds = time.perf_counter() - began
     return report
+
+
+def _pinned(document: dict) -> ReplayReport | None:
+    run = document["run"]
+    try:
+        deployed = registry.get(run["workflow"]).version
+    except UnknownWorkflow:
+        return None  # replay reports it
+    if not pinned_elsewhere(run["code_version"], deployed):
+        return None
+    return ReplayReport(
+        run_id=run["id"],
+        workflow=run["workflow"],
+        run_status=run["status"],
+        recorded_version=run["code_version"],
+        current_version=deployed,
+        recorded_steps=len(document["checkpoints"]),
+        outcome="pinned",
+        message=f"pinned to version {run['code_version']}; not replayed against version {deployed}",
+    )
 
 
 def _documents(ids: list[int], now: str):

@@ -146,7 +146,20 @@ class WorkflowDefinition:
             source = inspect.getsource(self.fn)
         except (OSError, TypeError):
             source = self.fn.__code__.co_code.hex()
-        return "src-" + hashlib.sha256(source.encode()).hexdigest()[:12]
+        return HASHED_VERSION_PREFIX + hashlib.sha256(source.encode()).hexdigest()[:12]
+
+
+HASHED_VERSION_PREFIX = "src-"
+
+
+def pinned_elsewhere(recorded: str, registered: str) -> bool:
+    """A run recorded under one declared version cannot execute where another is declared.
+
+    Only versions an author declared pin a run; source hashes change with every edit and
+    pin nothing (ctx.patched is the tool for those changes).
+    """
+    declared = [v for v in (recorded, registered) if v and not v.startswith(HASHED_VERSION_PREFIX)]
+    return len(declared) == 2 and recorded != registered
 
 
 PATCH_PREFIX = "patch:"
@@ -195,7 +208,10 @@ registry = Registry()
 def workflow(name: str | None = None, *, queue: str = "", version: str = "", concurrency: int | None = None):
     """Register a function `fn(ctx, input)` as a workflow that runs can be started of.
 
-    `version` names the code's version; without it, a hash of the source is used.
+    `version` names the code's version; without it, a hash of the source is used. Runs
+    record it, and a run recorded under a declared version executes only on workers that
+    register that same version: declare a new `queue` with a new version, and keep a
+    worker with the old code on the old queue until its runs are done.
     `concurrency` caps how many of its runs execute at once; the rest wait queued.
     """
     if concurrency is not None and concurrency < 1:

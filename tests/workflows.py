@@ -516,3 +516,14 @@ def onboarding(ctx, data):
         welcomed = ctx.step(welcome, account)
     ctx.sleep(data.get("seconds", 3600))
     return {"account": ctx.step(add, account, 10), "welcomed": welcomed}
+
+
+# A workflow that declares its version; worker processes take it from TESTS_PINNED_VERSION.
+PINNED_VERSION = os.environ.get("TESTS_PINNED_VERSION", "1")
+
+
+@workflow("pinned_flow", version=PINNED_VERSION)
+def pinned_flow(ctx, data):
+    first = ctx.step(add, 1, 1)
+    ctx.sleep(data.get("seconds", 3600))
+    return {"first": first, "finished_by_version": PINNED_VERSION}
