@@ -1639,6 +1639,29 @@ class ReplayCheck(models.Model):
     def ok(self) -> bool:
         return self.unsafe == 0
 
+    def workflow_rows(self) -> list[dict]:
+        """Per workflow, for the page: tolerant of any shape the stored JSON has (never fails)."""
+        rows = []
+        stored = self.workflows if isinstance(self.workflows, dict) else {}
+        for name in sorted(stored, key=str):
+            found = stored[name] if isinstance(stored[name], dict) else {}
+            findings = found.get("findings")
+            outcomes = found.get("outcomes")
+            rows.append(
+                {
+                    "workflow": str(name),
+                    "runs": found.get("runs", 0),
+                    "clean": found.get("clean", 0),
+                    "unsafe": found.get("unsafe", 0),
+                    "outcomes": sorted(outcomes.items()) if isinstance(outcomes, dict) else [],
+                    "current_version": found.get("current_version") or "",
+                    "findings": [f for f in findings if isinstance(f, dict)]
+                    if isinstance(findings, list)
+                    else [],
+                }
+            )
+        return rows
+
     @classmethod
     def keep(cls, report, *, by: str, selection: dict) -> ReplayCheck:
         return cls.objects.create(

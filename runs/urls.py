@@ -1,11 +1,12 @@
 from django.urls import path
 
-from runs import views
+from runs import deploy_views, views
 
 urlpatterns = [
     path("", views.run_list, name="run_list"),
     path("runs/rows/", views.run_rows, name="run_rows"),
     path("overview/", views.run_overview, name="run_overview"),
+    path("deploys/check/", deploy_views.deploy_check, name="deploy_check"),
     path("runs/bulk/", views.run_bulk, name="run_bulk"),
     path("runs/<int:run_id>/", views.run_detail, name="run_detail"),
     path("runs/<int:run_id>/live/", views.run_live, name="run_live"),
