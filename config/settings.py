@@ -196,6 +196,7 @@ INSTALLED_APPS = [
     "axes",
     "runs",
     "steps",
+    "schedules",
     "harness",
     "agents",
     "api",
@@ -461,6 +462,14 @@ DURABLE_STEP_INPUT_BYTES = envint("DURABLE_STEP_INPUT_BYTES", 16 * 1024, minimum
 # The sweep runs in every worker's main process (runs.liveness), where a queue full of long
 # runs cannot delay it; beat only schedules upkeep such as pruning.
 CELERY_BEAT_SCHEDULE: dict = {}
+# Beat asks every so often which schedules (schedules.models) have a tick due.
+DURABLE_SCHEDULE_POLL_SECONDS = envfloat("DURABLE_SCHEDULE_POLL_SECONDS", 10.0, minimum=0.1)
+CELERY_BEAT_SCHEDULE["durable-schedules"] = {
+    "task": "schedules.fire_due",
+    "schedule": DURABLE_SCHEDULE_POLL_SECONDS,
+    # A call that could not start before the next one is due is dropped: the next one fires it.
+    "options": {"expires": DURABLE_SCHEDULE_POLL_SECONDS},
+}
 # Tests that drive the engine in-process turn the heartbeat thread off.
 DURABLE_HEARTBEAT_THREAD = envbool("DURABLE_HEARTBEAT_THREAD", True)
 # The longest a step may run when it sets no timeout of its own (0: no limit). Past it the

@@ -22,6 +22,7 @@ import inspect
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
@@ -136,6 +137,17 @@ class WorkflowDefinition:
     queue: str = ""
     declared_version: str = ""
     concurrency: int | None = None
+    # A cron expression ("0 7 * * 1-5") or an interval (seconds or timedelta): the schedules
+    # app starts a run at each tick.
+    schedule: str | int | float | timedelta | None = None
+    schedule_timezone: str = "UTC"
+
+    def schedule_timing(self) -> tuple[str, int | None]:
+        """(cron expression, "") or ("", interval in seconds) of the declared schedule."""
+        if isinstance(self.schedule, str):
+            return self.schedule, None
+        seconds = self.schedule.total_seconds() if isinstance(self.schedule, timedelta) else self.schedule
+        return "", max(int(seconds), 1)
 
     @cached_property
     def version(self) -> str:
@@ -205,7 +217,15 @@ class Registry:
 registry = Registry()
 
 
-def workflow(name: str | None = None, *, queue: str = "", version: str = "", concurrency: int | None = None):
+def workflow(
+    name: str | None = None,
+    *,
+    queue: str = "",
+    version: str = "",
+    concurrency: int | None = None,
+    schedule: str | int | float | timedelta | None = None,
+    schedule_timezone: str = "UTC",
+):
     """Register a function `fn(ctx, input)` as a workflow that runs can be started of.
 
     `version` names the code's version; without it, a hash of the source is used. Runs
@@ -213,6 +233,8 @@ def workflow(name: str | None = None, *, queue: str = "", version: str = "", con
     register that same version: declare a new `queue` with a new version, and keep a
     worker with the old code on the old queue until its runs are done.
     `concurrency` caps how many of its runs execute at once; the rest wait queued.
+    `schedule` starts a run at every tick of a cron expression (read in `schedule_timezone`)
+    or every so many seconds, once the schedules app is installed (schedules.models).
     """
     if concurrency is not None and concurrency < 1:
         raise ValueError("concurrency must be at least 1")
@@ -226,6 +248,8 @@ def workflow(name: str | None = None, *, queue: str = "", version: str = "", con
                 queue=queue,
                 declared_version=version,
                 concurrency=concurrency,
+                schedule=schedule,
+                schedule_timezone=schedule_timezone,
             )
         )
         return fn

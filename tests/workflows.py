@@ -527,3 +527,8 @@ def pinned_flow(ctx, data):
     first = ctx.step(add, 1, 1)
     ctx.sleep(data.get("seconds", 3600))
     return {"first": first, "finished_by_version": PINNED_VERSION}
+
+
+@workflow("digest", schedule="0 7 * * 1-5", schedule_timezone="Europe/Paris")
+def digest(ctx, data):
+    return ctx.step(add, 1, 1)
