@@ -81,9 +81,7 @@ def test_a_tick_fired_twice_by_hand_still_starts_one_run(doorbells):
     assert Tick.objects.count() == 1 and len(runs_of(schedule)) == 1
 
 
-@pytest.mark.parametrize(
-    ("policy", "expected"), [(CatchUp.LATEST, 1), (CatchUp.ALL, 72), (CatchUp.NONE, 0)]
-)
+@pytest.mark.parametrize(("policy", "expected"), [(CatchUp.LATEST, 1), (CatchUp.ALL, 72), (CatchUp.NONE, 0)])
 def test_after_three_days_down_the_catch_up_policy_decides_what_fires(doorbells, policy, expected):
     schedule = hourly(catch_up=policy, overlap=Overlap.ALLOW)
     with at(FRIDAY_MORNING + timedelta(days=3, minutes=30)):
