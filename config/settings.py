@@ -197,6 +197,7 @@ INSTALLED_APPS = [
     "runs",
     "steps",
     "schedules",
+    "notifications",
     "harness",
     "agents",
     "api",
@@ -462,6 +463,17 @@ DURABLE_STEP_INPUT_BYTES = envint("DURABLE_STEP_INPUT_BYTES", 16 * 1024, minimum
 # The sweep runs in every worker's main process (runs.liveness), where a queue full of long
 # runs cannot delay it; beat only schedules upkeep such as pruning.
 CELERY_BEAT_SCHEDULE: dict = {}
+# Beat looks every so often for runs to notify about (notifications.models), among those
+# that changed in the last DURABLE_NOTIFY_LOOKBACK_HOURS; links in notifications start with
+# DURABLE_BASE_URL (e.g. https://runs.example.com).
+DURABLE_NOTIFY_POLL_SECONDS = envfloat("DURABLE_NOTIFY_POLL_SECONDS", 10.0, minimum=0.1)
+DURABLE_NOTIFY_LOOKBACK_HOURS = envfloat("DURABLE_NOTIFY_LOOKBACK_HOURS", 24.0, minimum=0.01)
+DURABLE_BASE_URL = os.environ.get("DURABLE_BASE_URL", "")
+CELERY_BEAT_SCHEDULE["durable-notifications"] = {
+    "task": "notifications.scan",
+    "schedule": DURABLE_NOTIFY_POLL_SECONDS,
+    "options": {"expires": DURABLE_NOTIFY_POLL_SECONDS},
+}
 # Beat asks every so often which schedules (schedules.models) have a tick due.
 DURABLE_SCHEDULE_POLL_SECONDS = envfloat("DURABLE_SCHEDULE_POLL_SECONDS", 10.0, minimum=0.1)
 CELERY_BEAT_SCHEDULE["durable-schedules"] = {

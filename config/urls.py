@@ -31,5 +31,6 @@ urlpatterns = [
     path("api/", include("api.urls")),
     path("metrics", include("api.metrics_urls")),
     path("schedules/", include("schedules.urls")),
+    path("notifications/", include("notifications.urls")),
     path("", include("runs.urls")),
 ]
