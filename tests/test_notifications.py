@@ -95,7 +95,7 @@ def test_a_webhook_gets_one_signed_delivery_per_failed_run_retried_while_it_answ
     accepted = hook.accepted()
     assert sorted(body["run_id"] for body in accepted) == [run.pk for run in runs]
     assert len(hook.requests) == 4  # two refused (500), then one accepted per run
-    for status, headers, body in hook.requests:
+    for _status, headers, body in hook.requests:
         timestamp = headers["X-Durable-Timestamp"]
         expected = hmac.new(SECRET.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
         assert headers["X-Durable-Signature"] == f"sha256={expected}"
