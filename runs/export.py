@@ -45,6 +45,9 @@ OUTCOMES = {
 }
 
 
+CHECKPOINT_STATUSES = frozenset(CheckpointStatus.values)  # computed once: checked per checkpoint
+
+
 class ExportError(ValueError):
     """A file is not a run export this code can read."""
 
@@ -160,7 +163,7 @@ def check_export(document: Any) -> None:
             isinstance(checkpoint, dict)
             and isinstance(checkpoint.get("position"), int)
             and isinstance(checkpoint.get("name"), str)
-            and checkpoint.get("status") in CheckpointStatus.values
+            and checkpoint.get("status") in CHECKPOINT_STATUSES
         ):
             raise ExportError(f"checkpoint {index} needs an integer position, a name and a status")
 
