@@ -196,6 +196,8 @@ INSTALLED_APPS = [
     "axes",
     "runs",
     "steps",
+    "schedules",
+    "notifications",
     "harness",
     "agents",
     "api",
@@ -455,10 +457,32 @@ DURABLE_JSON_MAX_BYTES = envint("DURABLE_JSON_MAX_BYTES", 1024 * 1024, minimum=1
 DURABLE_JSON_MAX_DEPTH = envint("DURABLE_JSON_MAX_DEPTH", 64, minimum=1)
 if DURABLE_JSON_MAX_DEPTH > 200:
     raise ImproperlyConfigured("DURABLE_JSON_MAX_DEPTH must be at most 200")
+# A step's arguments are kept on its checkpoint up to this many bytes of JSON; larger
+# ones keep only their digest, enough for `runs check` to see that they changed.
+DURABLE_STEP_INPUT_BYTES = envint("DURABLE_STEP_INPUT_BYTES", 16 * 1024, minimum=0)
 
 # The sweep runs in every worker's main process (runs.liveness), where a queue full of long
 # runs cannot delay it; beat only schedules upkeep such as pruning.
 CELERY_BEAT_SCHEDULE: dict = {}
+# Beat looks every so often for runs to notify about (notifications.models), among those
+# that changed in the last DURABLE_NOTIFY_LOOKBACK_HOURS; links in notifications start with
+# DURABLE_BASE_URL (e.g. https://runs.example.com).
+DURABLE_NOTIFY_POLL_SECONDS = envfloat("DURABLE_NOTIFY_POLL_SECONDS", 10.0, minimum=0.1)
+DURABLE_NOTIFY_LOOKBACK_HOURS = envfloat("DURABLE_NOTIFY_LOOKBACK_HOURS", 24.0, minimum=0.01)
+DURABLE_BASE_URL = os.environ.get("DURABLE_BASE_URL", "")
+CELERY_BEAT_SCHEDULE["durable-notifications"] = {
+    "task": "notifications.scan",
+    "schedule": DURABLE_NOTIFY_POLL_SECONDS,
+    "options": {"expires": DURABLE_NOTIFY_POLL_SECONDS},
+}
+# Beat asks every so often which schedules (schedules.models) have a tick due.
+DURABLE_SCHEDULE_POLL_SECONDS = envfloat("DURABLE_SCHEDULE_POLL_SECONDS", 10.0, minimum=0.1)
+CELERY_BEAT_SCHEDULE["durable-schedules"] = {
+    "task": "schedules.fire_due",
+    "schedule": DURABLE_SCHEDULE_POLL_SECONDS,
+    # A call that could not start before the next one is due is dropped: the next one fires it.
+    "options": {"expires": DURABLE_SCHEDULE_POLL_SECONDS},
+}
 # Tests that drive the engine in-process turn the heartbeat thread off.
 DURABLE_HEARTBEAT_THREAD = envbool("DURABLE_HEARTBEAT_THREAD", True)
 # The longest a step may run when it sets no timeout of its own (0: no limit). Past it the
@@ -468,6 +492,9 @@ DURABLE_MAX_STEP_SECONDS = envfloat("DURABLE_MAX_STEP_SECONDS", 3600.0, minimum=
 DURABLE_KILL_GRACE = envfloat("DURABLE_KILL_GRACE", 30.0, minimum=0)
 # How long one delivery executes a run before handing it back to the queue at a step
 # boundary: below Redis's visibility timeout (1 h) and RabbitMQ's consumer timeout (30 min).
+# A run pinned to a workflow version this worker does not register waits this long before
+# it is dispatched again on its queue, for a worker that still has that version.
+DURABLE_PINNED_RETRY_SECONDS = envfloat("DURABLE_PINNED_RETRY_SECONDS", 60.0, minimum=0.1)
 DURABLE_DELIVERY_SECONDS = envfloat("DURABLE_DELIVERY_SECONDS", 300.0, minimum=0.01)
 # How many runs one prefork pool process executes at once, each on a thread of its own, with
 # their checkpoints committed together (runs.executor); 1 executes one run at a time in the

@@ -30,5 +30,7 @@ urlpatterns = [
     # The JSON API (issue 6) mounts itself here.
     path("api/", include("api.urls")),
     path("metrics", include("api.metrics_urls")),
+    path("schedules/", include("schedules.urls")),
+    path("notifications/", include("notifications.urls")),
     path("", include("runs.urls")),
 ]

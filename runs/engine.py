@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import Error as DatabaseFailure
 from django.utils import timezone
 
-from runs import liveness
+from runs import liveness, stepinputs
 from runs.models import Run, WaitKind, ensure_json
 from runs.redaction import redact
 from runs.workflow import (
@@ -31,6 +31,8 @@ from runs.workflow import (
     UnknownWorkflow,
     _current_step,
     call,
+    patch_marker,
+    pinned_elsewhere,
     registry,
     step_definition,
 )
@@ -149,6 +151,34 @@ class RunContext:
             seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
             deadline = started + timedelta(seconds=seconds)
         self._suspend(WaitKind.SIGNAL, position, wake_at=deadline, signal=name)
+
+    def patched(self, change_id: str) -> bool:
+        """True where this run reaches this point under code that has the change, False for
+        runs that were recorded past it before the change: `if ctx.patched("x"): new path`.
+
+        Reaching it fresh records a marker checkpoint here, so a replay answers True again;
+        a run whose recorded step here is not that marker went the old way and takes no
+        position (its recorded steps still line up).
+        """
+        name = patch_marker(change_id)
+        recorded = self._recorded.get(self._position)
+        if recorded is not None and recorded.name != name:
+            return False
+        position = self._take_position()
+        if recorded is None:
+            self._checkpoint(position, name, output=True, started_at=timezone.now())
+        return True
+
+    def deprecate_patch(self, change_id: str) -> None:
+        """The change's old path is gone: keep replaying runs that recorded its marker.
+
+        Replace `if ctx.patched("x"):` by this once no run recorded before the change is in
+        flight; remove it once no run that recorded the marker is (`runs check` says which).
+        """
+        name = patch_marker(change_id)
+        recorded = self._recorded.get(self._position)
+        if recorded is not None and recorded.name == name:
+            self._take_position()
 
     def parallel(self, calls) -> list:
         """Run several steps at once, on any workers, and return their outputs in call order.
@@ -306,6 +336,7 @@ class RunContext:
             if attempt > definition.retry.max_attempts:
                 self._attempts_spent(definition, position, attempt - 1)
         started = timezone.now()
+        called_with = stepinputs.record(args, kwargs)
         info = StepInfo(
             run_id=self.run_id,
             name=definition.name,
@@ -323,7 +354,7 @@ class RunContext:
             except ValueError as exc:
                 raise StepOutputError(str(exc)) from None
         except Exception as exc:
-            self._failed(definition, position, attempt, started, exc)
+            self._failed(definition, position, attempt, started, exc, called_with)
         finally:
             _current_step.reset(reset)
         self._checkpoint(
@@ -333,6 +364,7 @@ class RunContext:
             started_at=started,
             attempts=attempt,
             meta=info.meta or None,
+            input=called_with,
         )
         return value
 
@@ -359,7 +391,9 @@ class RunContext:
             self._stop(outcome)
         raise StepFailed(definition.name, position, error["error_type"], error["error_message"], "")
 
-    def _failed(self, definition: StepDefinition, position: int, attempt: int, started, exc: Exception):
+    def _failed(
+        self, definition: StepDefinition, position: int, attempt: int, started, exc: Exception, called_with
+    ):
         error = describe(exc)
         record = dict(
             position=position,
@@ -393,6 +427,7 @@ class RunContext:
             epoch=self._run.epoch,
             started_at=started,
             finished_at=record["finished_at"],
+            input=called_with,
             **error,
         )
         if outcome != "ok":
@@ -410,6 +445,7 @@ class RunContext:
         started_at,
         attempts: int = 1,
         meta: dict | None = None,
+        input: dict | None = None,
     ) -> None:
         outcome = self._db(
             committed(self._executor, self._run.record_checkpoint),
@@ -423,6 +459,7 @@ class RunContext:
             started_at=started_at,
             finished_at=timezone.now(),
             meta=meta,
+            input=input,
         )
         if outcome != "ok":
             self._stop(outcome)
@@ -479,6 +516,8 @@ def _advance(run: Run, token: str, executor=None) -> str:
         run.finish(token, error=describe(exc))
         return "failed"
 
+    if pinned_elsewhere(run.code_version, definition.version):
+        return _leave_for_its_version(run, token, definition.version)
     recorded = [] if _fresh(run) else list(run.live_checkpoints())
     ctx = RunContext(run, token, recorded, executor)
     try:
@@ -511,6 +550,14 @@ def _fresh(run: Run) -> bool:
     """Claimed for the first time, at its start: no checkpoint or attempt can exist yet,
     so the queries that would look for them are skipped (two round trips a run)."""
     return run.claims == 1 and run.steps_done == 0
+
+
+def _leave_for_its_version(run: Run, token: str, here: str) -> str:
+    """Not this worker's version: wait, unreplayed, and ring again on the run's queue later."""
+    log.info("run %s is pinned to version %s; this worker has %s", run.pk, run.code_version, here)
+    wake_at = timezone.now() + timedelta(seconds=settings.DURABLE_PINNED_RETRY_SECONDS)
+    outcome = run.suspend(token, WaitKind.VERSION, position=run.steps_done, wake_at=wake_at)
+    return f"{outcome}/{WaitKind.VERSION}" if outcome == "ok" else outcome
 
 
 def _fail(run: Run, token: str, exc: BaseException) -> str:

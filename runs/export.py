@@ -21,14 +21,15 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
 from django.utils import timezone
 
-from runs import jsoninput
-from runs.workflow import StepFailed, UnknownWorkflow, registry, step_definition
+from runs import jsoninput, stepinputs
+from runs.workflow import PATCH_PREFIX, StepFailed, UnknownWorkflow, patch_marker, registry, step_definition
 from steps.models import CheckpointStatus
 
 FORMAT = "durable-run-export"
@@ -42,6 +43,9 @@ OUTCOMES = {
     "differs": "replays every recorded step but ends differently",
     "error": "cannot be replayed",
 }
+
+
+CHECKPOINT_STATUSES = frozenset(CheckpointStatus.values)  # computed once: checked per checkpoint
 
 
 class ExportError(ValueError):
@@ -159,7 +163,7 @@ def check_export(document: Any) -> None:
             isinstance(checkpoint, dict)
             and isinstance(checkpoint.get("position"), int)
             and isinstance(checkpoint.get("name"), str)
-            and checkpoint.get("status") in CheckpointStatus.values
+            and checkpoint.get("status") in CHECKPOINT_STATUSES
         ):
             raise ExportError(f"checkpoint {index} needs an integer position, a name and a status")
 
@@ -184,6 +188,8 @@ class ReplayReport:
     called: str | None = None  # what the code does there instead
     replayed: int = 0  # recorded steps answered from the export
     output: Any = None  # what the code returned, if it did
+    # Recorded steps the code now calls with other arguments: (position, step, differences).
+    argument_changes: list = dataclass_field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -202,13 +208,15 @@ class ReplayReport:
             version += f", deployed now: {self.current_version}"
         else:
             version += " (unchanged)"
-        return "\n".join(
-            [
-                f"run {self.run_id} of {self.workflow!r} ({self.run_status}), {version}",
-                f"replayed {self.replayed} of {self.recorded_steps} recorded steps",
-                f"{self.outcome.upper()}: {self.message}",
-            ]
-        )
+        lines = [
+            f"run {self.run_id} of {self.workflow!r} ({self.run_status}), {version}",
+            f"replayed {self.replayed} of {self.recorded_steps} recorded steps",
+            f"{self.outcome.upper()}: {self.message}",
+        ]
+        for position, name, changes in self.argument_changes:
+            lines.append(f"  step {name!r} at position {position} is now called with other arguments:")
+            lines.extend(f"    {change}" for change in changes)
+        return "\n".join(lines)
 
 
 class ReplayStop(BaseException):
@@ -239,6 +247,7 @@ class ReplayContext:
         self._position = 0
         self.replayed = 0
         self.stopped: ReplayStop | None = None
+        self.argument_changes: list[tuple[int, str, list[str]]] = []
 
     @property
     def run_id(self) -> int | None:
@@ -262,7 +271,35 @@ class ReplayContext:
             self._stop(
                 "continues", position, name, f"would execute step {name!r} at position {position} next"
             )
+        changes = stepinputs.differences(recorded.get("input"), args, kwargs)
+        if changes:
+            self.argument_changes.append((position, name, changes))
         return self._replayed(recorded)
+
+    def patched(self, change_id: str) -> bool:
+        # As RunContext.patched: a recorded marker answers True, another recorded step
+        # False (taking no position); past the recorded steps the run would take the new path.
+        name = patch_marker(change_id)
+        recorded = self._recorded.get(self._position)
+        if recorded is not None and recorded["name"] != name:
+            return False
+        position = self._take_position()
+        if recorded is None:
+            self._stop(
+                "continues",
+                position,
+                name,
+                f"would take patch {change_id!r}'s new path at position {position} next",
+            )
+        self.replayed += 1
+        return True
+
+    def deprecate_patch(self, change_id: str) -> None:
+        name = patch_marker(change_id)
+        recorded = self._recorded.get(self._position)
+        if recorded is not None and recorded["name"] == name:
+            self._take_position()
+            self.replayed += 1
 
     def sleep(self, duration: float | timedelta) -> None:
         seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
@@ -356,12 +393,19 @@ class ReplayContext:
     def _recorded_at(self, position: int, name: str) -> dict | None:
         recorded = self._recorded.get(position)
         if recorded is not None and recorded["name"] != name:
+            hint = ""
+            if recorded["name"].startswith(PATCH_PREFIX):
+                change_id = recorded["name"][len(PATCH_PREFIX) :]
+                hint = (
+                    f" (keep ctx.deprecate_patch({change_id!r}) there while runs that took the patch"
+                    " are in flight)"
+                )
             self._stop(
                 "diverged",
                 position,
                 name,
                 f"at position {position} the code now calls {name!r} but the recorded step there is "
-                f"{recorded['name']!r}",
+                f"{recorded['name']!r}{hint}",
                 expected=recorded["name"],
             )
         return recorded
@@ -405,6 +449,7 @@ def replay(document: dict[str, Any]) -> ReplayReport:
         return _conclude(report, "error", str(exc))
     report.current_version = definition.version
     ctx = ReplayContext(document)
+    report.argument_changes = ctx.argument_changes  # filled in as the replay goes
     try:
         output = definition.fn(ctx, copy.deepcopy(run.get("input")))
     except ReplayStop as stop:

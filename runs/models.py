@@ -362,6 +362,7 @@ class WaitKind(models.TextChoices):
     BRANCHES = "branches", "parallel branches"
     CHILD = "child", "child run"
     RATE = "rate", "rate limit"
+    VERSION = "version", "a worker with its code version"
 
 
 class Run(models.Model):
@@ -1198,7 +1199,10 @@ class Run(models.Model):
         wait = {name: fields.get(name) for name in ("wait_signal", "wait_position", "wake_at")}
         if kind == WaitKind.SIGNAL and not (wait["wait_signal"] and wait["wait_position"] is not None):
             raise InvalidOperation("A run waiting for a signal needs the signal's name and its position.")
-        if kind in (WaitKind.SLEEP, WaitKind.RETRY, WaitKind.RATE) and wait["wake_at"] is None:
+        if (
+            kind in (WaitKind.SLEEP, WaitKind.RETRY, WaitKind.RATE, WaitKind.VERSION)
+            and wait["wake_at"] is None
+        ):
             raise InvalidOperation(f"A run waiting for a {kind} needs its wake time.")
         if kind in (WaitKind.CHILD, WaitKind.BRANCHES) and wait["wait_position"] is None:
             raise InvalidOperation("A run waiting for a child or branches needs their position.")
@@ -1422,6 +1426,13 @@ class Run(models.Model):
             "deployed code, which may take a different path; the run will record the new version."
         )
 
+    def pinned_elsewhere(self) -> bool:
+        """Recorded under a declared workflow version other than the one deployed here."""
+        from runs.workflow import pinned_elsewhere
+
+        deployed = self.deployed_version()
+        return deployed is not None and pinned_elsewhere(self.code_version, deployed)
+
     def queue_unserved(self, served: set[str] | None = None) -> bool:
         """Pending on a queue that no live worker has consumed for a minute: nobody will answer."""
         if self.status != Status.PENDING:
@@ -1504,6 +1515,7 @@ CHECKPOINT_FIELDS = (
     "started_at",
     "finished_at",
     "meta",
+    "input",
 )
 _statements: dict[str, tuple[str, str, str]] = {}
 
@@ -1536,7 +1548,14 @@ def _prepared(model, values: dict) -> list:
 
 
 def _checkpoint_params(run_id: int, fields: dict) -> list:
-    defaults = {"error_type": "", "error_message": "", "error_traceback": "", "attempts": 1, "meta": None}
+    defaults = {
+        "error_type": "",
+        "error_message": "",
+        "error_traceback": "",
+        "attempts": 1,
+        "meta": None,
+        "input": None,
+    }
     values = {"output": None, "epoch": 0, **defaults, **fields, "run_id": run_id}
     unknown = set(values) - set(CHECKPOINT_FIELDS)
     if unknown:
@@ -1823,3 +1842,66 @@ class WorkerProcess(models.Model):
         recent = cls.objects.filter(heartbeat_at__gte=timezone.now() - timedelta(seconds=within))
         listed = [queues for queues in recent.values_list("queues", flat=True) if queues]
         return {queue for queues in listed for queue in queues} if listed else None
+
+
+class ReplayCheck(models.Model):
+    """The outcome of one `runs check`: in-flight runs replayed against a checkout's code.
+
+    Kept so the dashboard can show the last one; never changes a run.
+    """
+
+    started_at = models.DateTimeField()
+    seconds = models.FloatField()
+    checked_by = models.CharField(max_length=200, blank=True)
+    # The selection the check was asked for: statuses, workflows, run ids.
+    selection = models.JSONField(default=dict, blank=True, decoder=StoredJSONDecoder)
+    runs = models.PositiveIntegerField()
+    unsafe = models.PositiveIntegerField()
+    # Per workflow: counts, code versions and the first findings (runs.replaycheck).
+    workflows = models.JSONField(default=dict, blank=True, decoder=StoredJSONDecoder)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        get_latest_by = ["started_at", "id"]
+
+    def __str__(self) -> str:
+        return f"check of {self.runs} runs at {self.started_at:%Y-%m-%d %H:%M}: {self.unsafe} unsafe"
+
+    @property
+    def ok(self) -> bool:
+        return self.unsafe == 0
+
+    def workflow_rows(self) -> list[dict]:
+        """Per workflow, for the page: tolerant of any shape the stored JSON has (never fails)."""
+        rows = []
+        stored = self.workflows if isinstance(self.workflows, dict) else {}
+        for name in sorted(stored, key=str):
+            found = stored[name] if isinstance(stored[name], dict) else {}
+            findings = found.get("findings")
+            outcomes = found.get("outcomes")
+            rows.append(
+                {
+                    "workflow": str(name),
+                    "runs": found.get("runs", 0),
+                    "clean": found.get("clean", 0),
+                    "unsafe": found.get("unsafe", 0),
+                    "outcomes": sorted(outcomes.items()) if isinstance(outcomes, dict) else [],
+                    "current_version": found.get("current_version") or "",
+                    "findings": [f for f in findings if isinstance(f, dict)]
+                    if isinstance(findings, list)
+                    else [],
+                }
+            )
+        return rows
+
+    @classmethod
+    def keep(cls, report, *, by: str, selection: dict) -> ReplayCheck:
+        return cls.objects.create(
+            started_at=report.started_at,
+            seconds=report.seconds,
+            checked_by=by,
+            selection=selection,
+            runs=report.runs,
+            unsafe=report.unsafe,
+            workflows=report.as_json(),
+        )

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from runs import bulk_views, inbox, list_refresh, run_actions, start_page, views, workers_page
+from runs import bulk_views, deploy_views, inbox, list_refresh, run_actions, start_page, views, workers_page
 
 urlpatterns = [
     path("", views.run_list, name="run_list"),
@@ -10,6 +10,7 @@ urlpatterns = [
     path("workers/", workers_page.workers, name="workers"),
     path("start/", start_page.start_run, name="start_run"),
     path("overview/", views.run_overview, name="run_overview"),
+    path("deploys/check/", deploy_views.deploy_check, name="deploy_check"),
     path("runs/bulk/", views.run_bulk, name="run_bulk"),
     path("runs/recover/", bulk_views.recover, name="run_recover"),
     path("runs/<int:run_id>/", views.run_detail, name="run_detail"),

@@ -22,6 +22,7 @@ import inspect
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
@@ -136,6 +137,17 @@ class WorkflowDefinition:
     queue: str = ""
     declared_version: str = ""
     concurrency: int | None = None
+    # A cron expression ("0 7 * * 1-5") or an interval (seconds or timedelta): the schedules
+    # app starts a run at each tick.
+    schedule: str | int | float | timedelta | None = None
+    schedule_timezone: str = "UTC"
+
+    def schedule_timing(self) -> tuple[str, int | None]:
+        """(cron expression, "") or ("", interval in seconds) of the declared schedule."""
+        if isinstance(self.schedule, str):
+            return self.schedule, None
+        seconds = self.schedule.total_seconds() if isinstance(self.schedule, timedelta) else self.schedule
+        return "", max(int(seconds), 1)
 
     @cached_property
     def version(self) -> str:
@@ -146,7 +158,31 @@ class WorkflowDefinition:
             source = inspect.getsource(self.fn)
         except (OSError, TypeError):
             source = self.fn.__code__.co_code.hex()
-        return "src-" + hashlib.sha256(source.encode()).hexdigest()[:12]
+        return HASHED_VERSION_PREFIX + hashlib.sha256(source.encode()).hexdigest()[:12]
+
+
+HASHED_VERSION_PREFIX = "src-"
+
+
+def pinned_elsewhere(recorded: str, registered: str) -> bool:
+    """A run recorded under one declared version cannot execute where another is declared.
+
+    Only versions an author declared pin a run; source hashes change with every edit and
+    pin nothing (ctx.patched is the tool for those changes).
+    """
+    declared = [v for v in (recorded, registered) if v and not v.startswith(HASHED_VERSION_PREFIX)]
+    return len(declared) == 2 and recorded != registered
+
+
+PATCH_PREFIX = "patch:"
+
+
+def patch_marker(change_id: str) -> str:
+    """The checkpoint name that records a run took `ctx.patched(change_id)`'s new path."""
+    if not isinstance(change_id, str):
+        raise TypeError(f"a change id is a string, got {type(change_id).__name__}")
+    check_name(change_id, "change id")
+    return PATCH_PREFIX + change_id
 
 
 class UnknownWorkflow(LookupError):
@@ -181,11 +217,24 @@ class Registry:
 registry = Registry()
 
 
-def workflow(name: str | None = None, *, queue: str = "", version: str = "", concurrency: int | None = None):
+def workflow(
+    name: str | None = None,
+    *,
+    queue: str = "",
+    version: str = "",
+    concurrency: int | None = None,
+    schedule: str | int | float | timedelta | None = None,
+    schedule_timezone: str = "UTC",
+):
     """Register a function `fn(ctx, input)` as a workflow that runs can be started of.
 
-    `version` names the code's version; without it, a hash of the source is used.
+    `version` names the code's version; without it, a hash of the source is used. Runs
+    record it, and a run recorded under a declared version executes only on workers that
+    register that same version: declare a new `queue` with a new version, and keep a
+    worker with the old code on the old queue until its runs are done.
     `concurrency` caps how many of its runs execute at once; the rest wait queued.
+    `schedule` starts a run at every tick of a cron expression (read in `schedule_timezone`)
+    or every so many seconds, once the schedules app is installed (schedules.models).
     """
     if concurrency is not None and concurrency < 1:
         raise ValueError("concurrency must be at least 1")
@@ -199,6 +248,8 @@ def workflow(name: str | None = None, *, queue: str = "", version: str = "", con
                 queue=queue,
                 declared_version=version,
                 concurrency=concurrency,
+                schedule=schedule,
+                schedule_timezone=schedule_timezone,
             )
         )
         return fn

@@ -39,6 +39,9 @@ class Checkpoint(models.Model):
     name = models.CharField(max_length=200)
     status = models.CharField(max_length=10, choices=CheckpointStatus.choices)
     output = models.JSONField(null=True, blank=True, decoder=StoredJSONDecoder)
+    # What the step was called with (runs.stepinputs.record); null for markers, waits
+    # and checkpoints written before inputs were recorded.
+    input = models.JSONField(null=True, blank=True, decoder=StoredJSONDecoder)
     error_type = models.CharField(max_length=200, blank=True)
     error_message = models.TextField(blank=True)
     error_traceback = models.TextField(blank=True)

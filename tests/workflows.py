@@ -512,3 +512,51 @@ def pricing(ctx, data):
     priced = ctx.step(read_price, data)
     checked = ctx.step(check_price, priced)
     return ctx.step(invoice, checked)
+
+
+# --- a deploy that changes a workflow with runs in flight -----------------------------
+# TOGGLES["onboarding"] (in-process) or TESTS_ONBOARDING (worker processes) picks the
+# deployed code: "old" has no welcome step; "patched" adds it behind ctx.patched;
+# "unguarded" adds it bare (what breaks sleeping runs); "deprecated" keeps only the new
+# path once the old runs are gone; "renamed" changes the first step's arguments.
+
+
+def onboarding_code() -> str:
+    return str(TOGGLES.get("onboarding") or os.environ.get("TESTS_ONBOARDING") or "old")
+
+
+@step
+def welcome(account: int) -> str:
+    called("welcome")
+    if os.environ.get("TESTS_ONBOARDING"):
+        ledger_write(current_step().run_id, "welcome")
+    return f"welcome {account}"
+
+
+@workflow("onboarding")
+def onboarding(ctx, data):
+    code = onboarding_code()
+    account = ctx.step(add, 100 if code == "renamed" else 1, 1)
+    welcomed = None
+    if code == "deprecated":
+        ctx.deprecate_patch("send-welcome")
+    if code in ("deprecated", "unguarded") or (code == "patched" and ctx.patched("send-welcome")):
+        welcomed = ctx.step(welcome, account)
+    ctx.sleep(data.get("seconds", 3600))
+    return {"account": ctx.step(add, account, 10), "welcomed": welcomed}
+
+
+# A workflow that declares its version; worker processes take it from TESTS_PINNED_VERSION.
+PINNED_VERSION = os.environ.get("TESTS_PINNED_VERSION", "1")
+
+
+@workflow("pinned_flow", version=PINNED_VERSION)
+def pinned_flow(ctx, data):
+    first = ctx.step(add, 1, 1)
+    ctx.sleep(data.get("seconds", 3600))
+    return {"first": first, "finished_by_version": PINNED_VERSION}
+
+
+@workflow("digest", schedule="0 7 * * 1-5", schedule_timezone="Europe/Paris")
+def digest(ctx, data):
+    return ctx.step(add, 1, 1)

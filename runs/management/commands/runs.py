@@ -1,5 +1,5 @@
 """Operator command line: python manage.py runs <start|list|show|resume|retry|retry-now|edit|cancel|
-terminate|signal|bulk>, and for operations: <export|replay|prune>.
+terminate|signal|bulk>, and for operations: <export|replay|check|prune>.
 
 An action on a run whose code changed since it last ran prints the warning first.
 """
@@ -13,12 +13,12 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from runs import jsoninput, retention
+from runs import jsoninput, replaycheck, retention
 from runs.bulk import ACTIONS, RETRYING, BulkError, BulkPlan, Selection, retrying_runs
 from runs.durations import parse_duration
 from runs.export import OUTCOMES, ExportError, export_json, load_export, replay
 from runs.jsoninput import JSONInputError
-from runs.models import InvalidOperation, Run, Status
+from runs.models import InvalidOperation, ReplayCheck, Run, Status
 from runs.workflow import UnknownWorkflow
 
 
@@ -147,6 +147,25 @@ class Command(BaseCommand):
             "replay", help="replay an exported run against the current workflow code, without side effects"
         )
         replaying.add_argument("file", help="a file written by `runs export` (- reads standard input)")
+
+        check = sub.add_parser(
+            "check",
+            help="before a deploy: replay every in-flight run against this checkout's code, read-only; "
+            "exit status 1 if any would diverge",
+        )
+        check.add_argument(
+            "--status",
+            action="append",
+            choices=replaycheck.IN_FLIGHT,
+            dest="statuses",
+            metavar="STATUS",
+            help=f"only runs in this status (repeatable; default: {', '.join(replaycheck.IN_FLIGHT)})",
+        )
+        check.add_argument("--workflow", action="append", dest="workflows", metavar="NAME", default=[])
+        check.add_argument("--run", action="append", type=int, dest="run_ids", metavar="ID", default=[])
+        check.add_argument(
+            "--no-save", action="store_true", dest="no_save", help="do not keep the report for the dashboard"
+        )
 
         prune = sub.add_parser("prune", help="delete finished runs older than a duration, in batches")
         prune.add_argument(
@@ -370,6 +389,26 @@ class Command(BaseCommand):
         self.stdout.write(str(report))
         if not report.ok:
             raise CommandError(f"not safe for this run: the current code {OUTCOMES[report.outcome]}")
+
+    def do_check(self, statuses, workflows, run_ids, no_save: bool, **_) -> None:
+        statuses = statuses or list(replaycheck.IN_FLIGHT)
+        report = replaycheck.check_runs(statuses=statuses, workflows=workflows, run_ids=run_ids)
+        for name in sorted(report.workflows):
+            check = report.workflows[name]
+            self.stdout.write(check.summary())
+            for finding in check.findings:
+                self.stdout.write("\n".join(f"  {line}" for line in finding.lines()))
+        self.stdout.write(
+            f"checked {report.runs} runs of {len(report.workflows)} workflows in {report.seconds:.2f} s: "
+            + ("all replay cleanly" if report.ok else f"{report.unsafe} would diverge")
+        )
+        if not no_save:
+            selection = {"statuses": statuses, "workflows": workflows, "run_ids": run_ids}
+            ReplayCheck.keep(report, by=self.actor, selection=selection)
+        if not report.ok:
+            raise CommandError(
+                f"{report.unsafe} in-flight runs would not replay on this code; do not deploy it"
+            )
 
     def do_prune(
         self, older_than, statuses: list[str] | None, batch_size: int, dry_run: bool, show: int, **_
