@@ -153,7 +153,7 @@ def test_the_list_updates_active_rows_live(operator_page, worker):
 
     run.send_signal("approve", {"approved": True})
     settle(worker, run, Status.SUCCEEDED)
-    expect(row).to_contain_text("succeeded")
+    expect(row).to_contain_text("succeeded", timeout=15_000)  # the list polls every 5 s
     assert page.evaluate("window.__sameDocument") is True
     expect(page.locator(f"#run-{done.pk} input.row-check")).to_be_checked()
 
