@@ -10,12 +10,24 @@ from playwright.sync_api import expect
 import tests.workflows  # noqa: F401  (registers the engine's test workflows)
 from runs.models import Run, Status
 from tests import factories
-from tests.browser.test_dashboard import accept_dialogs, settle
+from tests.browser.test_dashboard import settle
 from tests.factories import make_failed_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 POLL_WAIT = 15_000  # ms: three of the list's polls
+
+
+def accept_dialogs(page) -> list[str]:
+    """Accept the browser's own confirm() dialogs (htmx's hx-confirm), keeping their questions."""
+    seen: list[str] = []
+
+    def accept(dialog):
+        seen.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", accept)
+    return seen
 
 
 def test_the_list_shows_a_status_change_and_a_new_run_without_a_reload(operator_page, worker):
