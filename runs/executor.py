@@ -148,8 +148,9 @@ class Executor:
                 log.exception("run %s: the executor thread failed", run_id)
             finally:
                 # After a database error (a restart, a killed session) start afresh; a
-                # healthy connection is kept for the next run (no query asks).
-                connection.close_if_unusable_or_obsolete()
+                # healthy connection is kept for the next run, with no health-check query.
+                if connection.errors_occurred:
+                    connection.close_if_unusable_or_obsolete()
                 with self._busy_lock:
                     self._busy -= 1
                 self._free.release()

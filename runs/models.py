@@ -1276,16 +1276,17 @@ class Run(models.Model):
         self.refresh_from_db()
         return signal
 
+    def _live_checkpoint_at(self, position: int) -> Checkpoint:
+        old = self.checkpoints.live().filter(position=position).first()
+        if old is None:
+            raise InvalidOperation(f"Run {self.pk} has no live checkpoint at position {position}.")
+        return old
+
     def edit_checkpoint(self, position: int, output: Any, by=None, reason: str = "") -> Checkpoint:
         """Replace the output of a live checkpoint, keep the old one superseded, and resume."""
-        try:
-            output = ensure_json(output, "checkpoint output")
-        except ValueError as exc:
-            raise InvalidOperation(str(exc)) from None
+        output = edited_output(output)
         with transaction.atomic():
-            old = self.checkpoints.live().filter(position=position).first()
-            if old is None:
-                raise InvalidOperation(f"Run {self.pk} has no live checkpoint at position {position}.")
+            old = self._live_checkpoint_at(position)
             reopened = self._reopen([Status.FAILED, Status.DEAD], "edit and resume", recovery_count=0)
             Checkpoint.objects.filter(pk=old.pk).update(superseded_at=timezone.now())
             new = self._edited_copy(old, output)
@@ -1310,14 +1311,9 @@ class Run(models.Model):
         position. Like a retry it bumps the epoch: the later steps are called with new
         values, so they get new idempotency keys.
         """
-        try:
-            output = ensure_json(output, "checkpoint output")
-        except ValueError as exc:
-            raise InvalidOperation(str(exc)) from None
+        output = edited_output(output)
         with transaction.atomic():
-            old = self.checkpoints.live().filter(position=position).first()
-            if old is None:
-                raise InvalidOperation(f"Run {self.pk} has no live checkpoint at position {position}.")
+            old = self._live_checkpoint_at(position)
             details = self._reopen(
                 [Status.FAILED, Status.DEAD, Status.SUCCEEDED, Status.CANCELLED],
                 "edit and continue",
@@ -1561,6 +1557,14 @@ def _checkpoint_params(run_id: int, fields: dict) -> list:
     if unknown:
         raise TypeError(f"unknown checkpoint fields {sorted(unknown)}")
     return _prepared(Checkpoint, {name: values[name] for name in CHECKPOINT_FIELDS})
+
+
+def edited_output(output: Any) -> Any:
+    """An operator's replacement for a step's output, as JSON; InvalidOperation if it is not."""
+    try:
+        return ensure_json(output, "checkpoint output")
+    except ValueError as exc:
+        raise InvalidOperation(str(exc)) from None
 
 
 def advance_and_checkpoint(run_id: int, token: str, advance: dict, fields: dict) -> bool:
