@@ -27,6 +27,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -44,6 +45,7 @@ from django.db import DatabaseError, connection
 from django.db.models import Q
 from django.utils import timezone
 
+from runs import pool
 from runs.models import Run, Status, WorkerProcess
 from steps.models import Branch, BranchStatus
 
@@ -175,13 +177,19 @@ class Supervisor:
     def _every(self, interval: Callable[[], float], work: Callable[[], Any], what: str) -> None:
         while not self._stop.wait(interval()):
             try:
-                work()
+                with self._no_fork_meanwhile():
+                    work()
             except DatabaseError:
                 # Database restarting or unreachable: drop the connection and try again.
                 log.warning("supervisor %s: database error in a %s", self.name, what, exc_info=True)
                 connection.close()
             except Exception:
                 log.exception("supervisor %s: a %s failed", self.name, what)
+
+    @staticmethod
+    def _no_fork_meanwhile():
+        # A pool process forked inside this work would inherit SQLite's lock (runs.pool).
+        return pool.FORK_GUARD if connection.vendor == "sqlite" else contextlib.nullcontext()
 
     def tick(self) -> None:
         # What its processes hold is read before the processes are looked at: a process

@@ -404,6 +404,44 @@ def test_it_never_takes_back_a_claim_that_lands_between_two_supervisor_passes(do
     assert doorbells.rung == []
 
 
+def test_the_pool_never_forks_while_the_supervisor_is_inside_its_sqlite_work():
+    """A fork copies SQLite's in-memory locks: a child forked mid-transaction could never write."""
+    import threading
+
+    from django.db import connection
+
+    from runs.liveness import Supervisor
+    from runs.pool import GuardedFork
+
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL keeps its locks in the server: forks need no guard")
+    forked, inside, release = [], threading.Event(), threading.Event()
+
+    class Forking:
+        def _create_worker_process(self, i):
+            forked.append(i)
+
+    class Pool(GuardedFork, Forking):
+        pass
+
+    supervisor = Supervisor("host:1:abc", children=list)
+
+    def work():
+        inside.set()
+        release.wait(30)
+        supervisor.stop()
+
+    threading.Thread(target=supervisor._every, args=(lambda: 0, work, "test"), daemon=True).start()
+    assert inside.wait(30)
+    fork = threading.Thread(target=Pool()._create_worker_process, args=(3,))
+    fork.start()
+    fork.join(0.5)
+    assert forked == []  # still waiting for the supervisor's work to end
+    release.set()
+    fork.join(30)
+    assert forked == [3]
+
+
 # --- 8. one runner at a time --------------------------------------------------------------------------
 
 
