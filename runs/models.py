@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Case, F, Q, Value, When
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Cast, Coalesce, Substr
 from django.utils import timezone
 
 from runs import dispatch
@@ -1802,6 +1802,73 @@ class AuditEntry(models.Model):
             reason=reason or "",
             details=details or {},
         )
+
+
+def hour_text(field: str):
+    """The hour of a timestamp as text ("2025-01-31 17", UTC), native on SQLite and
+    PostgreSQL alike (TruncHour calls Python for every row on SQLite)."""
+    return Substr(Cast(field, models.CharField()), 1, 13)
+
+
+class OutcomeHour(models.Model):
+    """Runs started in one past hour, counted by their status now: the overview's chart.
+
+    Counting a day of runs reads every one of them (half a second at a million runs).
+    A past hour is counted once, then again only when one of its runs changed since
+    it was last checked (read through the index on updated_at), so the overview reads
+    24 small rows and a few changed runs. The current hour is always counted afresh.
+    """
+
+    hour = models.DateTimeField(unique=True)
+    counts = models.JSONField(default=dict)
+    checked_at = models.DateTimeField()
+
+    # A run's updated_at is set before its transaction commits; a change committed up to
+    # this long after it was stamped (the database ends longer idle transactions) is
+    # still seen by the next check.
+    COMMIT_MARGIN = timedelta(minutes=2)
+
+    def __str__(self) -> str:
+        return f"runs started at {self.hour:%Y-%m-%d %H}:00 UTC: {self.counts}"
+
+    @staticmethod
+    def count(start, end=None) -> dict[str, int]:
+        rows = Run.objects.filter(created_at__gte=start).values("status")
+        if end is not None:
+            rows = rows.filter(created_at__lt=end)
+        return {row["status"]: row["n"] for row in rows.annotate(n=models.Count("pk")).order_by()}
+
+    @classmethod
+    def last_day(cls, first_hour) -> list[dict[str, Any]]:
+        """The 24 hours from first_hour (whole UTC hours, the last one the current), each
+        {"hour": start, status: count, ...}."""
+        hours = [first_hour + timedelta(hours=index) for index in range(24)]
+        current = hours[-1]
+        past = hours[:-1]
+        checked = timezone.now()  # before reading: what changes later is seen next time
+        stored = {row.hour: row for row in cls.objects.filter(hour__in=past)}
+        stale = {hour for hour in past if hour not in stored}
+        if stored:
+            since = min(row.checked_at for row in stored.values()) - cls.COMMIT_MARGIN
+            changed = (
+                Run.objects.filter(updated_at__gte=since, created_at__gte=first_hour, created_at__lt=current)
+                .values_list(hour_text("created_at"), flat=True)
+                .distinct()
+                .order_by()
+            )
+            stale |= {datetime.strptime(text, "%Y-%m-%d %H").replace(tzinfo=UTC) for text in changed}
+        counts = {hour: row.counts for hour, row in stored.items()}
+        counts.update({hour: cls.count(hour, hour + timedelta(hours=1)) for hour in stale})
+        cls.objects.bulk_create(
+            [cls(hour=hour, counts=counts[hour], checked_at=checked) for hour in stale],
+            update_conflicts=True,
+            unique_fields=["hour"],
+            update_fields=["counts", "checked_at"],
+        )
+        cls.objects.filter(hour__in=past).exclude(hour__in=stale).update(checked_at=checked)
+        cls.objects.filter(hour__lt=first_hour).delete()  # out of the window for good
+        counts[current] = cls.count(current)
+        return [{"hour": hour, **counts[hour]} for hour in hours]
 
 
 class WorkerProcess(models.Model):

@@ -17,7 +17,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import wraps
 from typing import Any, NamedTuple
 from urllib.parse import urlencode
@@ -30,7 +30,7 @@ from django.contrib.auth.views import redirect_to_login
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.db import connection
-from django.db.models import CharField, Count, Max, Q, QuerySet, Sum, TextField
+from django.db.models import Count, Max, Q, QuerySet, Sum, TextField
 from django.db.models.functions import Cast, Substr
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -59,6 +59,7 @@ from runs.forms import (
 from runs.models import (
     AuditEntry,
     InvalidOperation,
+    OutcomeHour,
     Run,
     Status,
     WaitKind,
@@ -478,24 +479,6 @@ def step_durations(since: datetime) -> tuple[list[dict[str, Any]], bool]:
     return stats[:12], count >= STEP_SAMPLE
 
 
-def hourly_outcomes(first_hour: datetime) -> list[dict[str, Any]]:
-    """Runs created in each of the 24 hours from `first_hour`, counted by status."""
-    per_status = {status: Count("pk", filter=Q(status=status)) for status in Status.values}
-    # The hour is the first 13 characters of the UTC timestamp as text ("2025-01-31 17"):
-    # native on SQLite and PostgreSQL alike, where TruncHour calls Python for every row
-    # on SQLite. Without an index on created_at this scans the table; the caller caches.
-    hour = Substr(Cast("created_at", CharField()), 1, 13)
-    window = Run.objects.filter(created_at__gte=first_hour)
-    rows = window.values(hour=hour).annotate(**per_status).order_by()
-    hours = [{"hour": first_hour + timedelta(hours=index)} for index in range(24)]
-    for row in rows:
-        start = datetime.strptime(row.pop("hour"), "%Y-%m-%d %H").replace(tzinfo=UTC)
-        index = int((start - first_hour).total_seconds() // 3600)
-        if 0 <= index < 24:
-            hours[index].update({status: count for status, count in row.items() if count})
-    return hours
-
-
 @require_GET
 @login_required
 def run_overview(request: AuthenticatedHttpRequest) -> HttpResponse:
@@ -511,7 +494,7 @@ def overview(now: datetime | None = None) -> dict[str, Any]:
     """Numbers for the last 24 hours (the current hour and the 23 before it)."""
     now = now or timezone.now()
     first_hour = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=23)
-    hours = hourly_outcomes(first_hour)
+    hours = OutcomeHour.last_day(first_hour)
     totals: dict[str, int] = defaultdict(int)
     for hour in hours:
         for status in Status.values:

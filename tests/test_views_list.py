@@ -475,6 +475,42 @@ def test_the_overview_counts_the_last_day(viewer_client):
     assert sum(sum(v for k, v in hour.items() if k != "hour") for hour in overview["hours"]) == 4
 
 
+def hour_counts(overview: dict, hours_ago: int) -> dict:
+    return {k: v for k, v in overview["hours"][-1 - hours_ago].items() if k != "hour"}
+
+
+def test_a_past_hour_is_counted_again_only_once_one_of_its_runs_changed(viewer_client):
+    from runs.models import OutcomeHour
+
+    earlier = {"created_ago": timedelta(hours=3), "updated_at": timezone.now() - timedelta(hours=3)}
+    waiting = make_run(Status.WAITING, 1, **earlier)
+    make_run(Status.SUCCEEDED, 1, **earlier)
+    assert hour_counts(overview_of(viewer_client), 3) == {"waiting": 1, "succeeded": 1}
+    stored = OutcomeHour.objects.get(hour=overview_of(viewer_client)["hours"][-4]["hour"])
+    assert stored.counts == {"waiting": 1, "succeeded": 1}
+
+    # Unchanged runs: the stored count is read, not recounted (tampered here to show it).
+    OutcomeHour.objects.filter(pk=stored.pk).update(counts={"waiting": 7})
+    cache.delete(views.OVERVIEW_CACHE_KEY)
+    assert hour_counts(overview_of(viewer_client), 3) == {"waiting": 7}
+
+    # A run of that hour changes: its hour is counted again, the others are not read.
+    waiting.cancel(by="operator", reason="no longer needed")
+    cache.delete(views.OVERVIEW_CACHE_KEY)
+    assert hour_counts(overview_of(viewer_client), 3) == {"cancelled": 1, "succeeded": 1}
+
+
+def test_the_current_hour_is_always_counted_afresh(viewer_client):
+    from runs.models import OutcomeHour
+
+    make_run(Status.SUCCEEDED, 1, created_ago=timedelta(seconds=1))
+    assert hour_counts(overview_of(viewer_client), 0) == {"succeeded": 1}
+    assert not OutcomeHour.objects.filter(hour=overview_of(viewer_client)["hours"][-1]["hour"]).exists()
+    make_run(Status.FAILED, 1, created_ago=timedelta(seconds=1))
+    cache.delete(views.OVERVIEW_CACHE_KEY)
+    assert hour_counts(overview_of(viewer_client), 0) == {"succeeded": 1, "failed": 1}
+
+
 def test_the_overview_reports_step_duration_percentiles(viewer_client):
     make_run(Status.SUCCEEDED, 3)
     make_run(Status.SUCCEEDED, 3)

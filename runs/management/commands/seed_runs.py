@@ -383,6 +383,9 @@ class Command(BaseCommand):
             attempts += run_attempts
             audit += run_audit
         calls = seeder.provider_calls(checkpoints)
+        for plan in plans:
+            # A run last changed when it was seeded at the latest, as a real one would have.
+            plan.run.updated_at = min(plan.run.updated_at, seeder.now)
         with transaction.atomic():
             # Sets each run's id (RETURNING); the rows above pick it up when they are saved.
             Run.objects.bulk_create([plan.run for plan in plans])
