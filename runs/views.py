@@ -763,6 +763,7 @@ def detail_context(request: AuthenticatedHttpRequest, run: Run, **extra) -> dict
         "poll_every": "2s" if run.is_active and len(steps) <= LONG_RUN_STEPS else FINISHED_POLL,
         "signal_form": signal_form_for(run),
         "waiting_for_signal": waiting_for_signal,
+        "asked": asked_by(run),
         # The shortcuts answer an approval the way agents expect it: {"approved": bool, "note": str}.
         "approve_payload": json.dumps({"approved": True, "note": f"approved by {username}", "by": username}),
         "reject_payload": json.dumps({"approved": False, "note": f"rejected by {username}", "by": username}),
@@ -773,6 +774,17 @@ def detail_context(request: AuthenticatedHttpRequest, run: Run, **extra) -> dict
     )
     context.update(extra)
     return context
+
+
+def asked_by(run: Run) -> str:
+    """What a run waiting for a signal asks a person: its prompt, else the summary in the
+    output of the step before the wait (read only then, one small query)."""
+    if run.status != Status.WAITING or run.wait_kind != WaitKind.SIGNAL:
+        return ""
+    if run.wait_prompt or not run.wait_position:
+        return run.asks()
+    previous = Checkpoint.objects.live().filter(run=run, position=run.wait_position - 1)
+    return run.asks(previous.values_list("output", flat=True).first())
 
 
 def url_filler(name: str, *args: int) -> Callable[[int], str]:
