@@ -81,26 +81,6 @@
     if (typing || reading) event.preventDefault();
   });
 
-  // Times sent in UTC (<time data-local>) are shown in the viewer's time zone, as the
-  // browser knows it, with a relative day; the title keeps UTC. Run again after swaps.
-  function dayLabel(moment) {
-    var today = new Date();
-    var midnight = new Date(today.getFullYear(), today.getMonth(), today.getDate());
-    var days = Math.round((midnight - new Date(moment.getFullYear(), moment.getMonth(), moment.getDate())) / 864e5);
-    var clock = moment.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    if (days === 0) return "today " + clock;
-    if (days === 1) return "yesterday " + clock;
-    return moment.toLocaleDateString() + " " + clock;
-  }
-  function localTimes(root) {
-    (root || document).querySelectorAll("time[data-local]").forEach(function (element) {
-      var moment = new Date(element.getAttribute("datetime"));
-      if (!isNaN(moment)) element.textContent = dayLabel(moment);
-    });
-  }
-  document.addEventListener("DOMContentLoaded", function () { localTimes(document); });
-  document.addEventListener("htmx:load", function (event) { localTimes(event.detail.elt); });
-
   // Collapse or expand every step output of a run page at once.
   document.addEventListener("click", function (event) {
     var button = event.target.closest && event.target.closest("[data-fold-steps]");
