@@ -93,6 +93,9 @@ INLINE_OUTPUT_BUDGET = 600_000
 # inline. A longer run shows one compact line per step, and a step's details load
 # when it is opened: drawn in full, a 1,000-step page weighed over a megabyte.
 INLINE_STEPS = 50
+# Steps whose output a run page shows unfolded; later outputs start folded, except the
+# latest step's (usually the final answer) and a failure's, which show as a short run's do.
+OPEN_STEPS = 3
 # Characters of a step's output, and of a failed step's error message, on its compact line.
 PREVIEW_CHARS = 100
 ERROR_CHARS = 160
@@ -591,6 +594,7 @@ class StepRow:
     branches: Sequence[Branch] = ()  # calls of a parallel group here
     url: str = ""  # where the step's details are
     crosses_signal: bool = False  # a retry from here goes back across a received signal
+    fold: bool = False  # its output starts folded on a long run's page
 
     @property
     def all_checkpoints(self) -> list[Checkpoint | CheckpointLine]:
@@ -740,9 +744,12 @@ def detail_context(request: AuthenticatedHttpRequest, run: Run, **extra) -> dict
         step.position for step in steps if step.checkpoint and step.checkpoint.name.startswith("signal:")
     ]
     last_signal = max(signal_positions, default=None)
-    for step in steps:
+    last_live = max((step.position for step in steps if step.checkpoint), default=None)
+    for index, step in enumerate(steps):
         step.url = step_url(step.position)
         step.crosses_signal = last_signal is not None and step.position <= last_signal
+        latest_or_failed = step.position == last_live or step.status == CheckpointStatus.FAILED
+        step.fold = index >= OPEN_STEPS and not latest_or_failed
     context = {
         "run": run,
         "steps": steps,

@@ -116,8 +116,8 @@ def test_a_long_runs_page_offers_collapse_expand_and_jump_and_shows_the_final_ou
     run.save(update_fields=["output"])
     html = client.get(reverse("run_detail", args=[run.pk])).content.decode()
     assert 'data-fold-steps="open"' in html and 'data-fold-steps="close"' in html
-    assert '<a href="#step-14">14</a>' in html
-    assert '<details class="json" open>' in html  # the final answer is never folded away
+    assert '<a href="#step-14" class="st-succeeded" title="step_14 · succeeded">14</a>' in html
+    assert '<details class="json" open data-keep-open>' in html  # the final answer is never folded away
 
 
 @pytest.mark.django_db
@@ -126,3 +126,46 @@ def test_the_overview_says_since_when_with_a_day(client):
     html = client.get(reverse("run_overview")).content.decode()
     assert "<time datetime=" in html and ("today" in html or "yesterday" in html)
 
+
+# Multi-line when pretty-printed, short enough that only folding hides it.
+MEDIUM = {"rows": list(range(30)), "note": "a medium output"}
+
+
+def step_item(html: str, position: int) -> str:
+    start = html.index(f'<li id="step-{position}"')
+    return html[start : html.index("</li>", start)]
+
+
+@pytest.mark.django_db
+def test_a_long_run_folds_outputs_after_the_first_few_but_not_the_last(client):
+    client.force_login(make_viewer())
+    run = make_run(Status.SUCCEEDED, 15, output=MEDIUM)
+    html = client.get(reverse("run_detail", args=[run.pk])).content.decode()
+    for position in range(3):
+        assert "<details" not in step_item(html, position) and '<pre class="json">' in step_item(
+            html, position
+        )
+    for position in range(3, 14):
+        assert '<details class="json"> <summary><span class="mono">{&quot;rows&quot;' in step_item(
+            html, position
+        )
+    last = step_item(html, 14)
+    assert "<details" not in last and '<pre class="json">' in last
+
+
+@pytest.mark.django_db
+def test_a_failure_is_never_folded(client):
+    client.force_login(make_viewer())
+    run = make_run(Status.FAILED, 15, failed_at=14, output=MEDIUM)
+    html = client.get(reverse("run_detail", args=[run.pk])).content.decode()
+    assert '<details class="traceback" open data-keep-open><summary>traceback</summary>' in html
+    assert '<p class="error-line"><strong class="etype">ValueError</strong>' in step_item(html, 14)
+    assert '<details class="json"> ' in step_item(html, 13)
+
+
+@pytest.mark.django_db
+def test_a_short_run_folds_nothing(client):
+    client.force_login(make_viewer())
+    run = make_run(Status.SUCCEEDED, 3, output=MEDIUM)
+    html = client.get(reverse("run_detail", args=[run.pk])).content.decode()
+    assert "data-fold-steps" not in html and '<details class="json">' not in html
