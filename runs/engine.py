@@ -119,11 +119,13 @@ class RunContext:
             self._suspend(WaitKind.SLEEP, position, wake_at=until)
 
     def wait_for_signal(
-        self, name: str, timeout: float | timedelta | None = None, default: Any = None
+        self, name: str, timeout: float | timedelta | None = None, default: Any = None, *, prompt: str = ""
     ) -> Any:
         """Wait for the named signal and return its payload, or `default` after `timeout`.
 
-        A signal sent before the run gets here is kept and consumed here.
+        A signal sent before the run gets here is kept and consumed here. `prompt` says in a
+        short text what a person is asked; it is shown with the wait and never checkpointed,
+        so changing it does not change a replay.
         """
         step_name = f"signal:{name}"
         position = self._take_position()
@@ -150,7 +152,7 @@ class RunContext:
         else:
             seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
             deadline = started + timedelta(seconds=seconds)
-        self._suspend(WaitKind.SIGNAL, position, wake_at=deadline, signal=name)
+        self._suspend(WaitKind.SIGNAL, position, wake_at=deadline, signal=name, prompt=prompt)
 
     def patched(self, change_id: str) -> bool:
         """True where this run reaches this point under code that has the change, False for
@@ -464,9 +466,15 @@ class RunContext:
         if outcome != "ok":
             self._stop(outcome)
 
-    def _suspend(self, kind: str, position: int, *, wake_at=None, signal: str = ""):
+    def _suspend(self, kind: str, position: int, *, wake_at=None, signal: str = "", prompt: str = ""):
         outcome = self._db(
-            self._run.suspend, self._token, kind, position=position, wake_at=wake_at, signal=signal
+            self._run.suspend,
+            self._token,
+            kind,
+            position=position,
+            wake_at=wake_at,
+            signal=signal,
+            prompt=prompt,
         )
         self._stop(f"{outcome}/{kind}" if outcome == "ok" else outcome)
 

@@ -317,8 +317,9 @@ class ReplayContext:
             )
 
     def wait_for_signal(
-        self, name: str, timeout: float | timedelta | None = None, default: Any = None
+        self, name: str, timeout: float | timedelta | None = None, default: Any = None, *, prompt: str = ""
     ) -> Any:
+        # The prompt is shown with a live wait only: nothing recorded depends on it.
         step_name = f"signal:{name}"
         position = self._take_position()
         recorded = self._recorded_at(position, step_name)

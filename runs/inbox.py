@@ -1,8 +1,9 @@
 """The inbox: runs waiting for a person's decision, nearest deadline first, answered in place.
 
 A run waits for a person when its workflow calls ctx.wait_for_signal(). What it asks is
-the output of the step just before the wait (an agent's proposal, say): shown next to
-the buttons, its "summary" first when it has one, always escaped and capped. A decision
+the wait's prompt when the workflow gave one, else the "summary" in the output of the step
+just before the wait (an agent's proposal, say); that output is shown too, next to the
+buttons. Always escaped and capped. A decision
 goes through Run.decide, which refuses a run that has moved on or was answered already.
 """
 
@@ -33,20 +34,11 @@ from steps.models import Checkpoint
 
 # Runs listed at once; the count in the navigation stops counting here too.
 INBOX_SHOWN = 100
-# Characters of a summary shown; the whole proposal is on the run page.
-SUMMARY_CHARS = 600
-
-
-def summary_of(output: Any) -> str:
-    """The "summary" a step put in its output, at the top or under "data" (an LLM's JSON)."""
-    for holder in (output, output.get("data") if isinstance(output, dict) else None):
-        if isinstance(holder, dict) and isinstance(holder.get("summary"), str):
-            return holder["summary"][:SUMMARY_CHARS]
-    return ""
 
 
 def attach_questions(runs: list[Run]) -> None:
-    """Give each run the step output it waits on (`asked`) and its summary, in one query."""
+    """Give each run the step output it waits on (`asked`) and what it asks (`summary`: the
+    workflow's prompt, else the summary in that output), in one query."""
     wanted = Q()
     for run in runs:
         if run.wait_position:
@@ -57,7 +49,7 @@ def attach_questions(runs: list[Run]) -> None:
         found = {run_id: (name, output) for run_id, name, output in rows}
     for run in runs:
         run.asked_step, run.asked = found.get(run.pk, ("", None))
-        run.summary = summary_of(run.asked)
+        run.summary = run.asks(run.asked)
 
 
 def inbox_context(retry: DecisionForm | None = None, retry_run: int | None = None) -> dict[str, Any]:

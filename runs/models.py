@@ -354,6 +354,19 @@ class RunQuerySet(models.QuerySet):
         return self.filter(status=Status.PENDING, dispatched_at__lt=cutoff).order_by("dispatched_at")
 
 
+# The longest prompt a signal wait keeps; a longer one is cut (pages cap it again).
+WAIT_PROMPT_CHARS = 1000
+# Characters of what a run asks that the dashboard shows; the whole proposal is on the run page.
+ASKED_CHARS = 600
+
+
+def cap_prompt(prompt: Any) -> str:
+    """A wait's prompt as stored: text, cut to WAIT_PROMPT_CHARS."""
+    if not prompt:
+        return ""
+    return str(prompt)[:WAIT_PROMPT_CHARS]
+
+
 class WaitKind(models.TextChoices):
     NONE = "", "-"
     SLEEP = "sleep", "sleep"
@@ -388,6 +401,8 @@ class Run(models.Model):
     wait_kind = models.CharField(max_length=10, choices=WaitKind.choices, blank=True, default="")
     wait_signal = models.CharField(max_length=200, blank=True)
     wait_position = models.PositiveIntegerField(null=True, blank=True)
+    # What a signal wait asks a person, as the workflow put it (wait_for_signal's prompt).
+    wait_prompt = models.CharField(max_length=WAIT_PROMPT_CHARS, blank=True, default="")
     wake_at = models.DateTimeField(null=True, blank=True)
 
     lease_owner = models.CharField(max_length=200, blank=True)
@@ -545,6 +560,7 @@ class Run(models.Model):
             updated_at=now,
             wait_kind="",
             wait_signal="",
+            wait_prompt="",
             wait_position=None,
             wake_at=None,
             lost_in_a_row=0,  # progress: earlier lost workers no longer count
@@ -599,14 +615,22 @@ class Run(models.Model):
                 Attempt.objects.create(run_id=self.pk, **attempt)
         return outcome
 
-    def suspend(self, token: str, kind: str, *, position: int, wake_at=None, signal: str = "") -> str:
-        return self._suspend(token, kind, position=position, wake_at=wake_at, signal=signal)
+    def suspend(
+        self, token: str, kind: str, *, position: int, wake_at=None, signal: str = "", prompt: str = ""
+    ) -> str:
+        return self._suspend(token, kind, position=position, wake_at=wake_at, signal=signal, prompt=prompt)
 
-    def _suspend(self, token, kind, *, position, wake_at=None, signal="", before=None) -> str:
+    def _suspend(self, token, kind, *, position, wake_at=None, signal="", prompt="", before=None) -> str:
         """Release the run to WAITING (or end it, if an operator asked it to stop)."""
         check_transition([Status.RUNNING], Status.WAITING)
         now = timezone.now()
-        wait = dict(wait_kind=kind, wait_signal=signal, wait_position=position, wake_at=wake_at)
+        wait = dict(
+            wait_kind=kind,
+            wait_signal=signal,
+            wait_prompt=cap_prompt(prompt),
+            wait_position=position,
+            wake_at=wake_at,
+        )
         with transaction.atomic():
             updated = (
                 self._leased(token)
@@ -967,6 +991,7 @@ class Run(models.Model):
             error_position=None,
             wait_kind="",
             wait_signal="",
+            wait_prompt="",
             wait_position=None,
             wake_at=None,
             cancel_requested=False,
@@ -1173,7 +1198,7 @@ class Run(models.Model):
             values.update(finished_at=now)
         else:  # back in line
             values.update(finished_at=None, dispatched_at=now, wait_kind="", wait_signal="")
-            values.update(wait_position=None, wake_at=None)
+            values.update(wait_prompt="", wait_position=None, wake_at=None)
         with transaction.atomic():
             before = Run.objects.filter(pk=self.pk).values(*values).first() or {}
             if not Run.objects.filter(pk=self.pk, status=current).update(**values):
@@ -1208,7 +1233,14 @@ class Run(models.Model):
             raise InvalidOperation("A run waiting for a child or branches needs their position.")
         if kind not in WaitKind.values or not kind:
             raise InvalidOperation("A waiting run needs a wait kind.")
-        return {"wait_kind": kind, "wait_signal": wait["wait_signal"] or "", **wait, "finished_at": None}
+        prompt = cap_prompt(fields.get("wait_prompt")) if kind == WaitKind.SIGNAL else ""
+        return {
+            "wait_kind": kind,
+            **wait,
+            "wait_signal": wait["wait_signal"] or "",
+            "wait_prompt": prompt,
+            "finished_at": None,
+        }
 
     def mark_failed(self, by=None, reason: str = "") -> None:
         """End a run that is not running as failed, with the operator's reason as its error."""
@@ -1429,6 +1461,18 @@ class Run(models.Model):
         deployed = self.deployed_version()
         return deployed is not None and pinned_elsewhere(self.code_version, deployed)
 
+    def asks(self, previous_output: Any = None) -> str:
+        """What this run, waiting for a signal, asks a person, as plain text cut to ASKED_CHARS:
+        the workflow's prompt when it gave one, else the "summary" the step before the wait put
+        in its output (at the top, or under "data" as an LLM's JSON has it)."""
+        if self.wait_prompt:
+            return self.wait_prompt[:ASKED_CHARS]
+        data = previous_output.get("data") if isinstance(previous_output, dict) else None
+        for holder in (previous_output, data):
+            if isinstance(holder, dict) and isinstance(holder.get("summary"), str):
+                return holder["summary"][:ASKED_CHARS]
+        return ""
+
     def queue_unserved(self, served: set[str] | None = None) -> bool:
         """Pending on a queue that no live worker has consumed for a minute: nobody will answer."""
         if self.status != Status.PENDING:
@@ -1493,6 +1537,7 @@ ADVANCE_FIELDS = (
     "updated_at",
     "wait_kind",
     "wait_signal",
+    "wait_prompt",
     "wait_position",
     "wake_at",
     "lost_in_a_row",

@@ -94,6 +94,9 @@ INLINE_OUTPUT_BUDGET = 600_000
 # inline. A longer run shows one compact line per step, and a step's details load
 # when it is opened: drawn in full, a 1,000-step page weighed over a megabyte.
 INLINE_STEPS = 50
+# Steps whose output a run page shows unfolded; later outputs start folded, except the
+# latest step's (usually the final answer) and a failure's, which show as a short run's do.
+OPEN_STEPS = 3
 # Characters of a step's output, and of a failed step's error message, on its compact line.
 PREVIEW_CHARS = 100
 ERROR_CHARS = 160
@@ -574,6 +577,7 @@ class StepRow:
     branches: Sequence[Branch] = ()  # calls of a parallel group here
     url: str = ""  # where the step's details are
     crosses_signal: bool = False  # a retry from here goes back across a received signal
+    fold: bool = False  # its output starts folded on a long run's page
 
     @property
     def all_checkpoints(self) -> list[Checkpoint | CheckpointLine]:
@@ -723,9 +727,12 @@ def detail_context(request: AuthenticatedHttpRequest, run: Run, **extra) -> dict
         step.position for step in steps if step.checkpoint and step.checkpoint.name.startswith("signal:")
     ]
     last_signal = max(signal_positions, default=None)
-    for step in steps:
+    last_live = max((step.position for step in steps if step.checkpoint), default=None)
+    for index, step in enumerate(steps):
         step.url = step_url(step.position)
         step.crosses_signal = last_signal is not None and step.position <= last_signal
+        latest_or_failed = step.position == last_live or step.status == CheckpointStatus.FAILED
+        step.fold = index >= OPEN_STEPS and not latest_or_failed
     context = {
         "run": run,
         "steps": steps,
@@ -746,6 +753,7 @@ def detail_context(request: AuthenticatedHttpRequest, run: Run, **extra) -> dict
         "poll_every": "2s" if run.is_active and len(steps) <= LONG_RUN_STEPS else FINISHED_POLL,
         "signal_form": signal_form_for(run),
         "waiting_for_signal": waiting_for_signal,
+        "asked": asked_by(run),
         # The shortcuts answer an approval the way agents expect it: {"approved": bool, "note": str}.
         "approve_payload": json.dumps({"approved": True, "note": f"approved by {username}", "by": username}),
         "reject_payload": json.dumps({"approved": False, "note": f"rejected by {username}", "by": username}),
@@ -756,6 +764,17 @@ def detail_context(request: AuthenticatedHttpRequest, run: Run, **extra) -> dict
     )
     context.update(extra)
     return context
+
+
+def asked_by(run: Run) -> str:
+    """What a run waiting for a signal asks a person: its prompt, else the summary in the
+    output of the step before the wait (read only then, one small query)."""
+    if run.status != Status.WAITING or run.wait_kind != WaitKind.SIGNAL:
+        return ""
+    if run.wait_prompt or not run.wait_position:
+        return run.asks()
+    previous = Checkpoint.objects.live().filter(run=run, position=run.wait_position - 1)
+    return run.asks(previous.values_list("output", flat=True).first())
 
 
 def url_filler(name: str, *args: int) -> Callable[[int], str]:

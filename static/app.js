@@ -75,41 +75,33 @@
     if (!element.hasAttribute || !element.hasAttribute("data-poll")) return;
     var focused = document.activeElement;
     var typing = focused && element.contains(focused) && focused.matches("input, textarea, select");
+    // Details open from the start (data-keep-open: a final output, a failure) are not a sign of reading.
     var reading = element.querySelector(
-      "details.traceback[open], details.json[open], details.step-more[open], details.payload[open], .edit-form, dialog[open]"
+      "details.traceback[open]:not([data-keep-open]), details.json[open]:not([data-keep-open]), details.step-more[open], details.payload[open], .edit-form, dialog[open]"
     );
     if (typing || reading) event.preventDefault();
   });
 
-  // Times sent in UTC (<time data-local>) are shown in the viewer's time zone, as the
-  // browser knows it, with a relative day; the title keeps UTC. Run again after swaps.
-  function dayLabel(moment) {
-    var today = new Date();
-    var midnight = new Date(today.getFullYear(), today.getMonth(), today.getDate());
-    var days = Math.round((midnight - new Date(moment.getFullYear(), moment.getMonth(), moment.getDate())) / 864e5);
-    var clock = moment.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    if (days === 0) return "today " + clock;
-    if (days === 1) return "yesterday " + clock;
-    return moment.toLocaleDateString() + " " + clock;
-  }
-  function localTimes(root) {
-    (root || document).querySelectorAll("time[data-local]").forEach(function (element) {
-      var moment = new Date(element.getAttribute("datetime"));
-      if (!isNaN(moment)) element.textContent = dayLabel(moment);
-    });
-  }
-  document.addEventListener("DOMContentLoaded", function () { localTimes(document); });
-  document.addEventListener("htmx:load", function (event) { localTimes(event.detail.elt); });
-
-  // Collapse or expand every step output of a run page at once.
+  // Collapse or expand every step output of a run page at once; the final output and a
+  // failure (data-keep-open) stay open.
   document.addEventListener("click", function (event) {
     var button = event.target.closest && event.target.closest("[data-fold-steps]");
     if (!button) return;
     var open = button.getAttribute("data-fold-steps") === "open";
     document.querySelectorAll("ol.steps details.json").forEach(function (details) {
-      details.open = open;
+      if (open || !details.hasAttribute("data-keep-open")) details.open = open;
     });
   });
+
+  // Jumping to a step unfolds its output.
+  function unfoldStep(hash) {
+    if (!/^#step-\d+$/.test(hash)) return;
+    var step = document.getElementById(hash.slice(1));
+    if (!step) return;
+    step.querySelectorAll(":scope > details.json").forEach(function (details) { details.open = true; });
+  }
+  window.addEventListener("hashchange", function () { unfoldStep(window.location.hash); });
+  document.addEventListener("DOMContentLoaded", function () { unfoldStep(window.location.hash); });
 
   // Live parts of a page (data-live) do not poll while the tab is hidden; they also
   // listen for visibilitychange, so they catch up as soon as it is shown again.

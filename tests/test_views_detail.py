@@ -337,7 +337,8 @@ def test_a_thousand_step_run_stays_fast(viewer_client, django_assert_max_num_que
 
 def test_waiting_runs_say_what_they_wait_for(viewer_client):
     run = make_run(Status.WAITING, 1, wait_kind=WaitKind.RETRY, wake_at=timezone.now() + timedelta(minutes=2))
-    assert "retry backoff, wakes in 1 m" in page(viewer_client, run)
+    html = page(viewer_client, run)
+    assert "retry backoff, wakes <time datetime=" in html and ">in 1 m " in html
 
 
 # --- the pieces --------------------------------------------------------------------------

@@ -184,7 +184,9 @@ def sleeper(ctx, data):
 @workflow("approval")
 def approval(ctx, data):
     plan = ctx.step(add, 40, 2)
-    decision = ctx.wait_for_signal("approve", timeout=data.get("timeout"), default={"approved": False})
+    decision = ctx.wait_for_signal(
+        "approve", timeout=data.get("timeout"), default={"approved": False}, prompt=data.get("prompt", "")
+    )
     if not decision.get("approved"):
         return {"plan": plan, "outcome": "escalated"}
     return {"plan": plan, "outcome": "done", "by": decision.get("by")}

@@ -391,7 +391,8 @@ def step_facts(step, status: str, run) -> str:
         if cp.edited_from_id:
             facts.append('<span class="tag">edited by an operator</span>')
     elif status == "retrying":
-        wake = f"; next attempt {ago(run.wake_at)}" if run.wait_kind == "retry" and run.wake_at else ""
+        retrying = run.wait_kind == "retry" and run.wake_at
+        wake = f"; next attempt {local_time(run.wake_at, 'ago')}" if retrying else ""
         facts.append(f'<span class="muted">{_plural(step.live_attempts, "failed attempt")}{wake}</span>')
     if step.superseded:
         facts.append(f'<span class="tag">{len(step.superseded)} superseded</span>')
@@ -450,6 +451,13 @@ class Column:
     segments: list[Segment]
 
 
+def _hour_label(hour: datetime) -> str:
+    """An hour's column label in the viewer's zone: "19", or "05:30" where the zone is offset
+    by part of an hour from UTC (the columns are UTC hours)."""
+    local = timezone.localtime(hour)
+    return f"{local:%H}" if local.minute == 0 else f"{local:%H:%M}"
+
+
 def build_hourly_chart(hours: list[dict], height: int = 130, width: int = 720) -> dict:
     """Stacked columns, one per hour; `hours` holds {"hour": datetime, status: count, ...}."""
     peak = max((sum(h.get(s, 0) for s in CHART_OUTCOMES) for h in hours), default=0) or 1
@@ -465,9 +473,9 @@ def build_hourly_chart(hours: list[dict], height: int = 130, width: int = 720) -
                 continue
             size = count / peak * (plot - 4)
             top -= size
-            label = hour["hour"].strftime("%H:00")
-            segments.append(Segment(round(top, 2), round(size, 2), status, f"{label} UTC: {count} {status}"))
-        label = hour["hour"].strftime("%H") if index % 3 == 0 else ""
+            when = f"{day_label(hour['hour'])} ({hour['hour'].astimezone(UTC):%H:%M} UTC)"
+            segments.append(Segment(round(top, 2), round(size, 2), status, f"{when}: {count} {status}"))
+        label = _hour_label(hour["hour"]) if index % 3 == 0 else ""
         columns.append(Column(round(index * slot + 1, 2), round(slot - 2, 2), label, segments))
     return {"columns": columns, "height": height, "width": width, "peak": peak, "plot": plot}
 
@@ -477,25 +485,34 @@ def hourly_chart(hours):
     return build_hourly_chart(hours)
 
 
-def day_label(moment: datetime, now: datetime | None = None) -> str:
-    """ "today 19:00", "yesterday 19:00", or the date for anything older, in UTC."""
-    now = now or timezone.now()
-    moment = moment.astimezone(UTC)
-    days = (now.astimezone(UTC).date() - moment.date()).days
-    day = {0: "today", 1: "yesterday"}.get(days, moment.strftime("%Y-%m-%d"))
-    return f"{day} {moment:%H:%M}"
+# --- times in the viewer's zone -----------------------------------------------------
 
 
-@register.simple_tag
-def local_time(moment: datetime | None) -> str:
-    """A moment as a relative day and time: in UTC as sent, in the viewer's time zone once
-    app.js has read it (the browser's zone), and always in UTC on hover."""
-    if moment is None:
-        return ""
-    utc = moment.astimezone(UTC)
+def day_label(moment: datetime, now: datetime | None = None, *, seconds: bool = False) -> str:
+    """ "today 19:00", "yesterday 19:00", or the date for anything older, in the active time
+    zone (the viewer's: runs.viewer_zone)."""
+    now = timezone.localtime(now or timezone.now())
+    local = timezone.localtime(moment)
+    days = (now.date() - local.date()).days
+    day = {0: "today", 1: "yesterday", -1: "tomorrow"}.get(days, f"{local:%Y-%m-%d}")
+    return f"{day} {local:%H:%M:%S}" if seconds else f"{day} {local:%H:%M}"
+
+
+def utc_text(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+@register.filter
+def local_time(moment: datetime | None, style: str = "") -> str:
+    """Every time the dashboard shows: {{ run.created_at|local_time }} is "today 19:00" in the
+    viewer's zone, "seconds" adds seconds, "ago" says "5 m ago" (or "in 2 h") and gives the
+    day and time on hover. UTC is always in the title, and the <time> carries the instant."""
+    if moment is None or moment == "":
+        return "–" if style == "ago" else ""
+    if style == "ago":
+        text, title = ago(moment), f"{day_label(moment)} · {utc_text(moment)}"
+    else:
+        text, title = day_label(moment, seconds=style == "seconds"), utc_text(moment)
     return format_html(
-        '<time datetime="{}" title="{} UTC" data-local>{} UTC</time>',
-        utc.isoformat(),
-        utc.strftime("%Y-%m-%d %H:%M:%S"),
-        day_label(utc),
+        '<time datetime="{}" title="{}">{}</time>', moment.astimezone(UTC).isoformat(), title, text
     )
