@@ -3,6 +3,7 @@
 static/timezone.js puts the browser's zone (Intl's IANA name) in the `tz` cookie; this
 middleware activates it for the request, so the `local_time` filter renders in it. A
 missing or unknown zone name leaves the default (settings.TIME_ZONE, UTC) in force.
+The API is left in the default: what a client reads must not depend on a browser cookie.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
 COOKIE = "tz"
+API_PREFIX = "/api/"
 # IANA names are short ("America/Argentina/ComodRivadavia" is among the longest).
 LONGEST_NAME = 64
 
@@ -35,7 +37,7 @@ class ViewerTimeZoneMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        zone = zone_named(request.COOKIES.get(COOKIE, ""))
+        zone = None if request.path.startswith(API_PREFIX) else zone_named(request.COOKIES.get(COOKIE, ""))
         if zone is None:
             timezone.deactivate()
         else:

@@ -66,21 +66,21 @@ def test_local_time_escapes_nothing_it_did_not_make():
     assert isinstance(html, SafeString) and "<script" not in html
 
 
-def request_with(cookie: str | None):
-    request = RequestFactory().get("/")
+def request_with(cookie: str | None, path: str = "/"):
+    request = RequestFactory().get(path)
     if cookie is not None:
         request.COOKIES["tz"] = cookie
     return request
 
 
-def zone_seen(cookie: str | None) -> str:
+def zone_seen(cookie: str | None, path: str = "/") -> str:
     seen = {}
 
     def view(request):
         seen["zone"] = timezone.get_current_timezone_name()
         return HttpResponse("ok")
 
-    ViewerTimeZoneMiddleware(view)(request_with(cookie))
+    ViewerTimeZoneMiddleware(view)(request_with(cookie, path))
     assert timezone.get_current_timezone_name() == "UTC"  # nothing left active for the next request
     return seen["zone"]
 
@@ -95,6 +95,10 @@ def test_the_middleware_activates_the_zone_the_browser_named():
 )
 def test_the_middleware_ignores_a_missing_or_unknown_zone(cookie):
     assert zone_seen(cookie) == "UTC"
+
+
+def test_the_api_stays_in_utc_whatever_the_cookie():
+    assert zone_seen("Asia/Tokyo", "/api/runs/") == "UTC"
 
 
 @pytest.mark.django_db

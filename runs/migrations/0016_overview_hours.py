@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('runs', '0014_wait_for_a_worker_with_the_runs_version'),
+        ('runs', '0015_wait_prompt'),
     ]
 
     operations = [
