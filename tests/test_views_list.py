@@ -520,6 +520,29 @@ def test_the_overview_reports_step_duration_percentiles(viewer_client):
     assert steps["step_0"]["p95"] == pytest.approx(0.5)
 
 
+def test_the_database_and_python_agree_on_step_percentiles():
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite has no percentile_disc: Python computes them there")
+    from steps.models import Checkpoint
+
+    for steps in (1, 2, 3, 5, 8, 13, 21):
+        make_run(Status.SUCCEEDED, steps)
+    for index, checkpoint in enumerate(Checkpoint.objects.order_by("pk")):  # durations spread out
+        seconds = (index * 7919) % 97 / 10
+        Checkpoint.objects.filter(pk=checkpoint.pk).update(
+            finished_at=checkpoint.started_at + timedelta(seconds=seconds)
+        )
+    since = timezone.now() - timedelta(days=1)
+    in_python = sorted(
+        (name, n, round(p50, 6), round(p95, 6)) for name, n, p50, p95 in views.step_percentiles(since)
+    )
+    in_sql = sorted(
+        (name, n, round(float(p50), 6), round(float(p95), 6))
+        for name, n, p50, p95 in views.step_percentiles_in_sql(since)
+    )
+    assert in_sql == in_python and len(in_sql) == 21
+
+
 def test_percentiles_use_the_nearest_rank():
     values = [float(n) for n in range(1, 101)]
     assert views.percentile(values, 0.5) == 50
