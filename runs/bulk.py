@@ -82,6 +82,12 @@ class Selection:
             runs = runs.filter(code_version=self.code_version)
         return runs
 
+    def step_names(self, limit: int = 50) -> list[str]:
+        """The names of the live steps of the selected runs, alphabetically: what a retry
+        from a step can name. Meant for a selection by id (a page's ticked runs)."""
+        names = Checkpoint.objects.live().filter(run__in=self.runs().values("pk"))
+        return list(names.order_by("name").values_list("name", flat=True).distinct()[:limit])
+
 
 @dataclass
 class Batch:

@@ -46,6 +46,7 @@ from django_htmx.http import (
 from django_htmx.middleware import HtmxDetails
 
 from agents import accounting
+from runs.bulk import BulkPlan, Selection
 from runs.forms import (
     BULK_ACTIONS,
     BULK_LIMIT,
@@ -1055,6 +1056,8 @@ def run_bulk(request: AuthenticatedHttpRequest) -> HttpResponse:
         for errors in form.errors.values():
             messages.error(request, " ".join(errors))
         return back_to_list(request, back)
+    if form.cleaned_data["action"] == "retry":
+        return bulk_retry(request, form, back)
     targets = form.target_runs(filters)
     if request.POST.get("confirmed") != "yes":
         return bulk_confirmation(request, form, targets, back)
@@ -1100,6 +1103,76 @@ def bulk_confirmation(request, form: BulkForm, targets: QuerySet[Run], back: str
             },
         )
     return confirm_page(request, None, question, **extra)
+
+
+def bulk_retry(request, form: BulkForm, back: str) -> HttpResponse:
+    """Retry the selected runs from a named step, each at that name's position (runs.bulk):
+    a count of the runs it applies to and a confirmation first, then one audited retry each."""
+    plan = form.retry_plan(reuse_signals=request.POST.get("reuse_signals") == "yes")
+    if request.POST.get("confirmed") != "yes":
+        return bulk_retry_confirmation(request, form, plan, back)
+    batch = plan.apply_batch(by=request.user, reason=form.cleaned_data["reason"])
+    step = plan.from_step
+    if batch.done:
+        messages.success(
+            request, f"Retried from step {step}: {len(batch.done)} run{'s' if len(batch.done) != 1 else ''}."
+        )
+    if batch.refused:
+        messages.warning(request, f"{len(batch.refused)} run(s) changed state meanwhile and were skipped.")
+    if batch.remaining and batch.done:
+        messages.info(request, f"{batch.remaining} more to retry: confirm again for them.")
+    if not batch.done and not batch.refused:
+        messages.error(request, nothing_to_retry(plan, len(form.cleaned_data["run"])))
+    return back_to_list(request, back)
+
+
+def nothing_to_retry(plan: BulkPlan, chosen: int) -> str:
+    """Why a retry from a step applies to none of the selected runs."""
+    runs = f"{chosen} selected run{'s' if chosen != 1 else ''}"
+    names = plan.selection.step_names()
+    if plan.from_step not in names:
+        known = f" Their steps are named: {', '.join(names[:20])}." if names else " They have no steps yet."
+        return f"None of the {runs} has a step named “{plan.from_step}”; nothing was changed.{known}"
+    return (
+        f"None of the {runs} can be retried from step {plan.from_step}: only failed, dead, succeeded "
+        "or cancelled runs can; nothing was changed."
+    )
+
+
+def bulk_retry_confirmation(request, form: BulkForm, plan: BulkPlan, back: str) -> HttpResponse:
+    preview = plan.preview()
+    eligible, chosen = preview["eligible"], len(form.cleaned_data["run"])
+    extra = {
+        "bulk": True,
+        "retry": True,
+        "verb": "retry",
+        "from_step": plan.from_step,
+        "chosen": chosen,
+        "eligible": eligible,
+        "skipped": max(chosen - eligible, 0),
+        "sample": preview["sample"],
+        "code_warnings": preview["code_warnings"],
+        "signal_steps": preview["signal_steps"],
+        "nothing": "" if eligible else nothing_to_retry(plan, chosen),
+        "back": back,
+        "scope": "selected",
+    }
+    question = f"Retry {eligible} run{'s' if eligible != 1 else ''} from step {plan.from_step}?"
+    hidden = [(name, value) for name, value in hidden_fields(request) if name != "reuse_signals"]
+    if wants_fragment(request, "bulk-panel"):
+        context = {**extra, "question": question, "action": request.path, "hidden": hidden, "inline": True}
+        return render(request, "runs/confirm.html#confirm-form", context)
+    return confirm_page(request, None, question, **extra, hidden=hidden)
+
+
+@require_GET
+@login_required
+def run_bulk_steps(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """The step names of the ticked runs, as <option>s for the "retry from step" box."""
+    check_viewer(request.user)
+    ids = parse_ids(request.GET.getlist("run"))[:PAGE_SIZE]
+    names = Selection(ids=ids).step_names() if ids else []
+    return render(request, "runs/list.html#step-names", {"step_names": names})
 
 
 def hidden_fields(request) -> list[tuple[str, str]]:

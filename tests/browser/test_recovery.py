@@ -160,3 +160,33 @@ def test_a_retry_across_a_received_signal_asks_whether_to_reuse_it(operator_page
     expect(page.locator("#run-status")).to_have_text("succeeded", timeout=15_000)
     assert Run.objects.get(pk=run.pk).output["by"] == "ann"
     assert run.signals.count() == 2  # the original, consumed, and the copy the retry took
+
+
+def test_bulk_retry_from_a_step_for_the_ticked_runs_counts_then_confirms(operator_page, worker, flaky):
+    page = operator_page
+    failed = [
+        settle(worker, Run.objects.start("dashboard_flaky", {"order": f"S-{i}"}), Status.FAILED)
+        for i in range(2)
+    ]
+    left_alone = settle(worker, Run.objects.start("pricing", {"name": "y", "price": -1}), Status.FAILED)
+    flaky["fail"] = False
+
+    page.goto("/?status=failed")
+    for run in [*failed, left_alone]:
+        page.locator(f"#run-{run.pk} input.row-check").check()
+    step_box = page.get_by_label("step to retry the selected runs from")
+    step_box.focus()  # the ticked runs' step names are offered
+    expect(page.locator("#bulk-step-names option[value=fetch_quote]")).to_have_count(1)
+    step_box.fill("fetch_quote")
+    page.get_by_role("button", name="Retry from step…").click()
+    panel = page.locator("#bulk-panel")
+    expect(panel.locator("#bulk-retry-count")).to_contain_text("You selected 3 runs; 2 of them have a step")
+    assert AuditEntry.objects.filter(action="retry").count() == 0  # the count changes nothing
+    panel.get_by_label("Reason").fill("quote service back")
+    panel.get_by_role("button", name="Yes, retry").click()
+    expect(page.locator(".msg.success")).to_contain_text("Retried from step fetch_quote: 2 runs.")
+    for run in failed:
+        settle(worker, run, Status.SUCCEEDED)
+    assert Run.objects.get(pk=left_alone.pk).status == Status.FAILED
+    entries = AuditEntry.objects.filter(action="retry", reason="quote service back")
+    assert sorted(e.run_id for e in entries) == sorted(r.pk for r in failed)
