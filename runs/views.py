@@ -1090,19 +1090,24 @@ def bulk_confirmation(request, form: BulkForm, targets: QuerySet[Run], back: str
         "scope": form.cleaned_data["scope"],
     }
     question = f"{verb.capitalize()} {extra['eligible']} run{'s' if extra['eligible'] != 1 else ''}?"
+    return bulk_confirm(request, question, extra, hidden_fields(request))
+
+
+def bulk_confirm(
+    request: AuthenticatedHttpRequest, question: str, extra: dict[str, Any], hidden: list[tuple[str, str]]
+) -> HttpResponse:
+    """A bulk action's count and question: for htmx, the list's <dialog> (opened at once),
+    with no reason and no Yes when no run can be acted on; otherwise a page."""
     if wants_fragment(request, "bulk-panel"):
-        return render(
-            request,
-            "runs/confirm.html#confirm-form",
-            {
-                **extra,
-                "question": question,
-                "action": request.path,
-                "hidden": hidden_fields(request),
-                "inline": True,
-            },
-        )
-    return confirm_page(request, None, question, **extra)
+        context = {
+            **extra,
+            "question": question,
+            "action": request.path,
+            "hidden": hidden,
+            "nothing_to_do": not extra["eligible"],
+        }
+        return render(request, "runs/confirm.html#bulk-dialog", context)
+    return confirm_page(request, None, question, **extra, hidden=hidden)
 
 
 def bulk_retry(request, form: BulkForm, back: str) -> HttpResponse:
@@ -1159,10 +1164,7 @@ def bulk_retry_confirmation(request, form: BulkForm, plan: BulkPlan, back: str) 
     }
     question = f"Retry {eligible} run{'s' if eligible != 1 else ''} from step {plan.from_step}?"
     hidden = [(name, value) for name, value in hidden_fields(request) if name != "reuse_signals"]
-    if wants_fragment(request, "bulk-panel"):
-        context = {**extra, "question": question, "action": request.path, "hidden": hidden, "inline": True}
-        return render(request, "runs/confirm.html#confirm-form", context)
-    return confirm_page(request, None, question, **extra, hidden=hidden)
+    return bulk_confirm(request, question, extra, hidden)
 
 
 @require_GET

@@ -179,11 +179,10 @@ def test_bulk_retry_from_a_step_for_the_ticked_runs_counts_then_confirms(operato
     expect(page.locator("#bulk-step-names option[value=fetch_quote]")).to_have_count(1)
     step_box.fill("fetch_quote")
     page.get_by_role("button", name="Retry from step…").click()
-    panel = page.locator("#bulk-panel")
-    expect(panel.locator("#bulk-retry-count")).to_contain_text("You selected 3 runs; 2 of them have a step")
+    dialog = page.locator("dialog[open]")  # the dry-run count, in the confirmation
+    expect(dialog.locator("#bulk-retry-count")).to_contain_text("You selected 3 runs; 2 of them have a step")
     assert AuditEntry.objects.filter(action="retry").count() == 0  # the count changes nothing
-    panel.get_by_label("Reason").fill("quote service back")
-    panel.get_by_role("button", name="Yes, retry").click()
+    assert "Retry 2 runs from step fetch_quote?" in confirm(page, reason="quote service back")
     expect(page.locator(".msg.success")).to_contain_text("Retried from step fetch_quote: 2 runs.")
     for run in failed:
         settle(worker, run, Status.SUCCEEDED)
