@@ -46,7 +46,7 @@ from django_htmx.http import (
 from django_htmx.middleware import HtmxDetails
 
 from agents import accounting
-from runs.bulk import BulkPlan, Selection
+from runs.bulk import BulkPlan, Selection, with_retry_figures
 from runs.forms import (
     BULK_ACTIONS,
     BULK_LIMIT,
@@ -392,17 +392,17 @@ def list_context(filters: RunFilterForm) -> dict[str, Any]:
     before, after, text = values.get("before"), values.get("after"), values.get("q")
     keyset = Keyset(by_start=bool(values.get("started_after") or values.get("started_before")))
     if text:
-        page = search_page(filters.runs(search=False), text, before, after)
+        page = search_page(with_retry_figures(filters.runs(search=False)), text, before, after)
         low, high = page.searched
         window = filters.runs(with_status=False, search=False)
         found = window_counts(window.filter(text_condition(text), pk__gte=low, pk__lt=high))
         counts = status_counts(found, filters)
     elif keyset.by_start:
-        page = keyset_page(filters.runs(), before, after, keyset)
+        page = keyset_page(with_retry_figures(filters.runs()), before, after, keyset)
         found = sampled_counts(filters.runs(with_status=False), keyset, START_SAMPLE)
         counts = status_counts(found, filters, sample=START_SAMPLE)
     else:
-        page = keyset_page(filters.runs(), before, after, keyset)
+        page = keyset_page(with_retry_figures(filters.runs()), before, after, keyset)
         found = capped_counts(filters.runs(with_status=False), STATUS_ORDER, COUNT_CAP)
         counts = status_counts(found, filters, cap=COUNT_CAP)
     prepare_rows(page.runs)
