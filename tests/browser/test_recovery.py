@@ -104,6 +104,22 @@ def test_retry_now_for_a_run_in_backoff(operator_page, worker):
     assert AuditEntry.objects.filter(run=run, action="retry now", actor_name="otto").exists()
 
 
+def test_the_list_shows_the_backoff_and_retries_now_in_one_click(operator_page, worker):
+    page = operator_page
+    workflows.PAYMENTS.timeouts_left = 1
+    run = settle(worker, Run.objects.start("payment", {"cents": 700}), Status.WAITING)
+
+    page.goto("/")
+    row = page.locator(f"#run-{run.pk}")
+    expect(row.locator(".retry-cell")).to_contain_text("attempt 1 of 4 failed, next attempt at")
+    screenshot(page, "list-retrying-column", full_page=True)
+    row.get_by_role("button", name=f"retry run {run.pk} now").click()  # 1
+    assert f"Retry the step of run #{run.pk} now" in confirm(page, reason="provider is back")
+    page.wait_for_url(f"**/runs/{run.pk}/")
+    expect(page.locator("#run-status")).to_have_text("succeeded", timeout=15_000)
+    assert AuditEntry.objects.filter(run=run, action="retry now", reason="provider is back").exists()
+
+
 def test_the_retrying_filter_lists_the_backoff_and_retries_now(operator_page, worker):
     page = operator_page
     workflows.PAYMENTS.timeouts_left = 1
