@@ -1127,7 +1127,7 @@ def bulk_retry(request, form: BulkForm, back: str) -> HttpResponse:
     if batch.remaining and batch.done:
         messages.info(request, f"{batch.remaining} more to retry: confirm again for them.")
     if not batch.done and not batch.refused:
-        messages.error(request, nothing_to_retry(plan, len(form.cleaned_data["run"])))
+        messages.error(request, nothing_to_retry(plan, plan.selection.runs().count()))
     return back_to_list(request, back)
 
 
@@ -1146,7 +1146,7 @@ def nothing_to_retry(plan: BulkPlan, chosen: int) -> str:
 
 def bulk_retry_confirmation(request, form: BulkForm, plan: BulkPlan, back: str) -> HttpResponse:
     preview = plan.preview()
-    eligible, chosen = preview["eligible"], len(form.cleaned_data["run"])
+    eligible, chosen = preview["eligible"], preview["selected"]
     extra = {
         "bulk": True,
         "retry": True,
