@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Count, Exists, Max, OuterRef, QuerySet, Subquery
+from django.db.models import Case, Count, Exists, Max, OuterRef, Q, QuerySet, Subquery, When
 
 from runs.models import ACTIVE_STATUSES, InvalidOperation, Run, Status, WaitKind
 from steps.models import Attempt, Checkpoint
@@ -81,6 +81,12 @@ class Selection:
         if self.code_version:
             runs = runs.filter(code_version=self.code_version)
         return runs
+
+    def step_names(self, limit: int = 50) -> list[str]:
+        """The names of the live steps of the selected runs, alphabetically: what a retry
+        from a step can name. Meant for a selection by id (a page's ticked runs)."""
+        names = Checkpoint.objects.live().filter(run__in=self.runs().values("pk"))
+        return list(names.order_by("name").values_list("name", flat=True).distinct()[:limit])
 
 
 @dataclass
@@ -217,19 +223,30 @@ def _capped(runs: QuerySet[Run]) -> int:
 
 
 def retrying_runs(runs: QuerySet[Run] | None = None) -> QuerySet[Run]:
-    """Runs backing off before a step's next attempt, with the figures a list shows:
-    failed attempts so far, the step's limit, and when the next attempt is due."""
+    """Runs backing off before a step's next attempt, soonest first, with_retry_figures."""
     runs = Run.objects.all() if runs is None else runs
+    backoff = runs.filter(status=Status.WAITING, wait_kind=WaitKind.RETRY)
+    return with_retry_figures(backoff).order_by("wake_at", "pk")
+
+
+def with_retry_figures(runs: QuerySet[Run]) -> QuerySet[Run]:
+    """Annotate what a list shows of a run in retry backoff: failed attempts so far
+    (`failed_attempts`), the step's limit (`max_attempts`) and its name (`retrying_step`);
+    None for every other run. In the rows' own query: a page costs no query per row, and
+    the subqueries run only for the runs in backoff (a CASE evaluates its branch lazily)."""
     failed = Attempt.objects.live().filter(
         run=OuterRef("pk"), position=OuterRef("wait_position"), branch__isnull=True
     )
     last = failed.order_by("-number", "-id")
-    return (
-        runs.filter(status=Status.WAITING, wait_kind=WaitKind.RETRY)
-        .annotate(
-            failed_attempts=Subquery(failed.order_by().values("run").annotate(n=Count("pk")).values("n")[:1]),
-            max_attempts=Subquery(last.values("max_attempts")[:1]),
-            retrying_step=Subquery(last.values("name")[:1]),
-        )
-        .order_by("wake_at", "pk")
+    in_backoff = Q(status=Status.WAITING, wait_kind=WaitKind.RETRY)
+
+    def in_backoff_only(value: Subquery) -> Case:
+        return Case(When(in_backoff, then=value), default=None)
+
+    return runs.annotate(
+        failed_attempts=in_backoff_only(
+            Subquery(failed.order_by().values("run").annotate(n=Count("pk")).values("n")[:1])
+        ),
+        max_attempts=in_backoff_only(Subquery(last.values("max_attempts")[:1])),
+        retrying_step=in_backoff_only(Subquery(last.values("name")[:1])),
     )

@@ -270,12 +270,14 @@ BULK_ACTIONS = {
 
 
 class BulkForm(ReasonForm):
-    action = forms.ChoiceField(choices=[(name, name) for name in BULK_ACTIONS])
+    # Retry from a step goes through runs.bulk's plan, by step name, for the ticked runs.
+    action = forms.ChoiceField(choices=[*((name, name) for name in BULK_ACTIONS), ("retry", "retry")])
     scope = forms.ChoiceField(
         choices=[("selected", "selected runs"), ("matching", "all runs matching the filter")],
         initial="selected",
     )
     run = forms.TypedMultipleChoiceField(coerce=int, required=False, choices=())
+    from_step = forms.CharField(required=False, max_length=200, strip=True, label="Retry from step")
 
     def __init__(self, data, **kwargs):
         super().__init__(data, **kwargs)
@@ -284,9 +286,30 @@ class BulkForm(ReasonForm):
 
     def clean(self):
         data = super().clean()
+        if data.get("action") == "retry":
+            return self.clean_retry(data)
         if data.get("scope") == "selected" and not data.get("run"):
             raise ValidationError("Select at least one run, or choose all runs matching the filter.")
         return data
+
+    def clean_retry(self, data: dict[str, Any]) -> dict[str, Any]:
+        if data.get("scope") != "selected":
+            raise ValidationError(
+                "Retry from a step applies to the selected runs here; to retry every run matching "
+                "a filter, use the Recover page."
+            )
+        if not data.get("run"):
+            raise ValidationError("Select the runs to retry.")
+        if not data.get("from_step"):
+            raise ValidationError("Type or choose the name of the step to retry from.")
+        return data
+
+    def retry_plan(self, reuse_signals: bool = False):
+        """The bulk plan of a retry from a step: each selected run at that name's position."""
+        from runs.bulk import BulkPlan, Selection
+
+        data = self.cleaned_data
+        return BulkPlan("retry", Selection(ids=data["run"]), data["from_step"], reuse_signals)
 
     def target_runs(self, filters: RunFilterForm) -> QuerySet[Run]:
         """The runs the operator pointed at, before narrowing to those the action applies to."""

@@ -12,6 +12,7 @@ urlpatterns = [
     path("overview/", views.run_overview, name="run_overview"),
     path("deploys/check/", deploy_views.deploy_check, name="deploy_check"),
     path("runs/bulk/", views.run_bulk, name="run_bulk"),
+    path("runs/bulk/steps/", views.run_bulk_steps, name="run_bulk_steps"),
     path("runs/recover/", bulk_views.recover, name="run_recover"),
     path("runs/<int:run_id>/", views.run_detail, name="run_detail"),
     path("runs/<int:run_id>/live/", views.run_live, name="run_live"),

@@ -46,6 +46,7 @@ from django_htmx.http import (
 from django_htmx.middleware import HtmxDetails
 
 from agents import accounting
+from runs.bulk import BulkPlan, Selection, with_retry_figures
 from runs.forms import (
     BULK_ACTIONS,
     BULK_LIMIT,
@@ -395,17 +396,17 @@ def list_context(filters: RunFilterForm) -> dict[str, Any]:
     before, after, text = values.get("before"), values.get("after"), values.get("q")
     keyset = Keyset(by_start=bool(values.get("started_after") or values.get("started_before")))
     if text:
-        page = search_page(filters.runs(search=False), text, before, after)
+        page = search_page(with_retry_figures(filters.runs(search=False)), text, before, after)
         low, high = page.searched
         window = filters.runs(with_status=False, search=False)
         found = window_counts(window.filter(text_condition(text), pk__gte=low, pk__lt=high))
         counts = status_counts(found, filters)
     elif keyset.by_start:
-        page = keyset_page(filters.runs(), before, after, keyset)
+        page = keyset_page(with_retry_figures(filters.runs()), before, after, keyset)
         found = sampled_counts(filters.runs(with_status=False), keyset, START_SAMPLE)
         counts = status_counts(found, filters, sample=START_SAMPLE)
     else:
-        page = keyset_page(filters.runs(), before, after, keyset)
+        page = keyset_page(with_retry_figures(filters.runs()), before, after, keyset)
         found = capped_counts(filters.runs(with_status=False), STATUS_ORDER, COUNT_CAP)
         counts = status_counts(found, filters, cap=COUNT_CAP)
     prepare_rows(page.runs)
@@ -1072,6 +1073,8 @@ def run_bulk(request: AuthenticatedHttpRequest) -> HttpResponse:
         for errors in form.errors.values():
             messages.error(request, " ".join(errors))
         return back_to_list(request, back)
+    if form.cleaned_data["action"] == "retry":
+        return bulk_retry(request, form, back)
     targets = form.target_runs(filters)
     if request.POST.get("confirmed") != "yes":
         return bulk_confirmation(request, form, targets, back)
@@ -1104,19 +1107,91 @@ def bulk_confirmation(request, form: BulkForm, targets: QuerySet[Run], back: str
         "scope": form.cleaned_data["scope"],
     }
     question = f"{verb.capitalize()} {extra['eligible']} run{'s' if extra['eligible'] != 1 else ''}?"
+    return bulk_confirm(request, question, extra, hidden_fields(request))
+
+
+def bulk_confirm(
+    request: AuthenticatedHttpRequest, question: str, extra: dict[str, Any], hidden: list[tuple[str, str]]
+) -> HttpResponse:
+    """A bulk action's count and question: for htmx, the list's <dialog> (opened at once),
+    with no reason and no Yes when no run can be acted on; otherwise a page."""
     if wants_fragment(request, "bulk-panel"):
-        return render(
-            request,
-            "runs/confirm.html#confirm-form",
-            {
-                **extra,
-                "question": question,
-                "action": request.path,
-                "hidden": hidden_fields(request),
-                "inline": True,
-            },
+        context = {
+            **extra,
+            "question": question,
+            "action": request.path,
+            "hidden": hidden,
+            "nothing_to_do": not extra["eligible"],
+        }
+        return render(request, "runs/confirm.html#bulk-dialog", context)
+    return confirm_page(request, None, question, **extra, hidden=hidden)
+
+
+def bulk_retry(request, form: BulkForm, back: str) -> HttpResponse:
+    """Retry the selected runs from a named step, each at that name's position (runs.bulk):
+    a count of the runs it applies to and a confirmation first, then one audited retry each."""
+    plan = form.retry_plan(reuse_signals=request.POST.get("reuse_signals") == "yes")
+    if request.POST.get("confirmed") != "yes":
+        return bulk_retry_confirmation(request, form, plan, back)
+    batch = plan.apply_batch(by=request.user, reason=form.cleaned_data["reason"])
+    step = plan.from_step
+    if batch.done:
+        messages.success(
+            request, f"Retried from step {step}: {len(batch.done)} run{'s' if len(batch.done) != 1 else ''}."
         )
-    return confirm_page(request, None, question, **extra)
+    if batch.refused:
+        messages.warning(request, f"{len(batch.refused)} run(s) changed state meanwhile and were skipped.")
+    if batch.remaining and batch.done:
+        messages.info(request, f"{batch.remaining} more to retry: confirm again for them.")
+    if not batch.done and not batch.refused:
+        messages.error(request, nothing_to_retry(plan, plan.selection.runs().count()))
+    return back_to_list(request, back)
+
+
+def nothing_to_retry(plan: BulkPlan, chosen: int) -> str:
+    """Why a retry from a step applies to none of the selected runs."""
+    runs = f"{chosen} selected run{'s' if chosen != 1 else ''}"
+    names = plan.selection.step_names()
+    if plan.from_step not in names:
+        known = f" Their steps are named: {', '.join(names[:20])}." if names else " They have no steps yet."
+        return f"None of the {runs} has a step named “{plan.from_step}”; nothing was changed.{known}"
+    return (
+        f"None of the {runs} can be retried from step {plan.from_step}: only failed, dead, succeeded "
+        "or cancelled runs can; nothing was changed."
+    )
+
+
+def bulk_retry_confirmation(request, form: BulkForm, plan: BulkPlan, back: str) -> HttpResponse:
+    preview = plan.preview()
+    eligible, chosen = preview["eligible"], preview["selected"]
+    extra = {
+        "bulk": True,
+        "retry": True,
+        "verb": "retry",
+        "from_step": plan.from_step,
+        "chosen": chosen,
+        "eligible": eligible,
+        "skipped": max(chosen - eligible, 0),
+        "sample": preview["sample"],
+        "code_warnings": preview["code_warnings"],
+        "signal_steps": preview["signal_steps"],
+        "nothing": "" if eligible else nothing_to_retry(plan, chosen),
+        "back": back,
+        "scope": "selected",
+    }
+    question = f"Retry {eligible} run{'s' if eligible != 1 else ''} from step {plan.from_step}?"
+    hidden = [(name, value) for name, value in hidden_fields(request) if name != "reuse_signals"]
+    return bulk_confirm(request, question, extra, hidden)
+
+
+@require_GET
+@login_required
+def run_bulk_steps(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """The step names of the ticked runs, as <option>s for the "retry from step" box."""
+    check_viewer(request.user)
+    ids = parse_ids(request.GET.getlist("run"))[:PAGE_SIZE]
+    names = Selection(ids=ids).step_names() if ids else []
+    return render(request, "runs/list.html#step-names", {"step_names": names})
 
 
 def hidden_fields(request) -> list[tuple[str, str]]:

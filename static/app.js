@@ -53,6 +53,18 @@
     form.requestSubmit();
   });
 
+  // A confirmation the server drew after counting (the run list's bulk actions) opens at once.
+  document.addEventListener("htmx:load", function (event) {
+    var root = event.detail.elt;
+    if (!root.querySelectorAll) return;
+    var forms = Array.prototype.slice.call(root.querySelectorAll("form[data-confirm-open]"));
+    if (root.matches("form[data-confirm-open]")) forms.push(root);
+    forms.forEach(function (form) {
+      var dialog = form.querySelector("dialog");
+      if (dialog && !dialog.open) dialog.showModal();
+    });
+  });
+
   // A confirmation closed without "Yes" leaves its form unconfirmed for the next time.
   document.addEventListener(
     "close",
@@ -107,8 +119,8 @@
   // listen for visibilitychange, so they catch up as soon as it is shown again.
   document.addEventListener("htmx:beforeRequest", function (event) {
     var element = event.detail.elt;
-    if (element.hasAttribute && element.hasAttribute("data-live") && document.hidden) {
-      event.preventDefault();
-    }
+    if (!element.hasAttribute || !element.hasAttribute("data-live")) return;
+    // Nor while a confirmation is open: a refresh would redraw the form it belongs to.
+    if (document.hidden || document.querySelector("dialog[open]")) event.preventDefault();
   });
 })();

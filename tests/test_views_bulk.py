@@ -56,8 +56,21 @@ def test_the_confirmation_is_a_fragment_for_htmx(client, operator):
     data = {"action": "resume", "scope": "selected", "run": [run.pk]}
     response = client.post(URL, data, HTTP_HX_REQUEST="true", HTTP_HX_TARGET="bulk-panel")
     html = response.content.decode()
-    assert html.lstrip().startswith('<div class="confirm-box">')
-    assert 'hx-post="/runs/bulk/"' in html
+    # the list's confirmation <dialog>, opened at once, with the count and the reason inside
+    assert html.lstrip().startswith('<form method="post" action="/runs/bulk/" hx-post="/runs/bulk/"')
+    assert "data-confirm-open" in html
+    dialog = html[html.index("<dialog") :]
+    assert "Resume 1 run?" in dialog and "You selected 1 run." in dialog
+    assert 'name="reason"' in dialog and "Yes, resume" in dialog
+
+
+def test_the_htmx_confirmation_has_no_reason_where_nothing_can_be_done(client, operator):
+    run = make_run(Status.SUCCEEDED)
+    data = {"action": "resume", "scope": "selected", "run": [run.pk]}
+    html = client.post(URL, data, HTTP_HX_REQUEST="true", HTTP_HX_TARGET="bulk-panel").content.decode()
+    assert "None of them can be resumed" in html
+    assert 'name="reason"' not in html and "Yes, resume" not in html
+    assert ">Close</button>" in html
 
 
 def test_confirmed_it_resumes_the_eligible_runs_and_audits_each(client, operator):

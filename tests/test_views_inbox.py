@@ -169,3 +169,17 @@ def test_a_finished_run_cannot_be_decided(operator_client):
     )
     assert response.status_code == 409
     assert not run.signals.exists()
+
+
+def test_each_decision_is_confirmed_in_its_own_dialog_with_the_reason_inside(operator_client):
+    run = waiting_with_proposal()
+    html = operator_client.get(reverse("inbox")).content.decode()
+    assert "hx-confirm" not in html  # not the browser's own confirm()
+    item = html[html.index(f'id="inbox-{run.pk}"') :]
+    forms = item[: item.index("</article>")].split("<form ")[1:]
+    assert len(forms) == 3  # approve, reject, a JSON payload
+    for form, verb in zip(forms, ["approve", "reject", "send"], strict=True):
+        assert "data-confirm" in form[: form.index(">")]
+        dialog = form[form.index("<dialog") : form.index("</dialog>")]
+        assert f"run #{run.pk}" in dialog
+        assert 'name="reason"' in dialog and f"Yes, {verb}" in dialog

@@ -169,9 +169,8 @@ def test_bulk_resume_counts_and_confirms(operator_page, worker, flaky):
     page.goto("/?status=failed")
     page.locator("[data-select-all]").check()
     page.get_by_role("button", name="Resume…").click()
-    panel = page.locator("#bulk-panel")
-    expect(panel).to_contain_text("Resume 2 runs?")
-    panel.get_by_role("button", name="Yes, resume").click()
+    expect(page.locator("dialog[open]")).to_contain_text("You selected 2 runs.")
+    assert "Resume 2 runs?" in confirm(page)
     expect(page.locator(".msg.success")).to_contain_text("Resume: 2 runs.")
     for run in runs:
         settle(worker, run, Status.SUCCEEDED)

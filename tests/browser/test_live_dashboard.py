@@ -8,26 +8,14 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 import tests.workflows  # noqa: F401  (registers the engine's test workflows)
-from runs.models import Run, Status
+from runs.models import AuditEntry, Run, Status
 from tests import factories
-from tests.browser.test_dashboard import settle
+from tests.browser.test_dashboard import confirm, settle
 from tests.factories import make_failed_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 POLL_WAIT = 15_000  # ms: three of the list's polls
-
-
-def accept_dialogs(page) -> list[str]:
-    """Accept the browser's own confirm() dialogs (htmx's hx-confirm), keeping their questions."""
-    seen: list[str] = []
-
-    def accept(dialog):
-        seen.append(dialog.message)
-        dialog.accept()
-
-    page.on("dialog", accept)
-    return seen
 
 
 def test_the_list_shows_a_status_change_and_a_new_run_without_a_reload(operator_page, worker):
@@ -82,14 +70,23 @@ def test_the_inbox_approves_a_run_in_place(operator_page, worker):
     expect(item).to_contain_text("add: 42")  # what the step before the wait produced
     page.evaluate("window.__sameDocument = true")
 
-    dialogs = accept_dialogs(page)
-    item.get_by_label(f"reason for run {run.pk}").fill("looks right")
+    native = []  # the browser's own confirm() must not appear
+    page.on("dialog", lambda dialog: (native.append(dialog.message), dialog.dismiss()))
     item.get_by_role("button", name="Approve").click()
+    dialog = page.locator("dialog[open]")
+    expect(dialog.get_by_role("button", name="Yes, approve")).to_be_focused()  # keyboard ready
+    dialog.press("Escape")  # closes without deciding
+    expect(page.locator("dialog[open]")).to_have_count(0)
+    assert Run.objects.get(pk=run.pk).status == Status.WAITING
+
+    item.get_by_role("button", name="Approve").click()
+    assert f"Approve run #{run.pk}" in confirm(page, reason="looks right")
     expect(page.locator(".msg.success")).to_contain_text(f"Run {run.pk} approved")
-    assert dialogs and f"run {run.pk}" in dialogs[0]
+    assert native == []
     settle(worker, run, Status.SUCCEEDED)
     run.refresh_from_db()
     assert run.output == {"plan": 42, "outcome": "done", "by": "otto"}
+    assert AuditEntry.objects.filter(run=run, reason="looks right").exists()  # typed in the dialog
     assert page.evaluate("window.__sameDocument") is True
     expect(page.locator(f"#inbox-{run.pk}")).to_have_count(0)
 
@@ -101,8 +98,6 @@ def test_a_failed_row_resumes_with_one_click_and_the_confirmation(operator_page,
     factories.FLAKY["fail"] = False
     page.goto("/")
     page.get_by_role("button", name=f"resume run {run.pk}").click()
-    page.wait_for_url(f"**/runs/{run.pk}/resume/")
-    expect(page.locator("h1")).to_contain_text(f"Resume run {run.pk}")
-    page.get_by_role("button", name="Yes, resume").click()
+    assert f"Resume run #{run.pk}" in confirm(page)
     page.wait_for_url(f"**/runs/{run.pk}/")
     settle(worker, run, Status.SUCCEEDED)

@@ -104,6 +104,22 @@ def test_retry_now_for_a_run_in_backoff(operator_page, worker):
     assert AuditEntry.objects.filter(run=run, action="retry now", actor_name="otto").exists()
 
 
+def test_the_list_shows_the_backoff_and_retries_now_in_one_click(operator_page, worker):
+    page = operator_page
+    workflows.PAYMENTS.timeouts_left = 1
+    run = settle(worker, Run.objects.start("payment", {"cents": 700}), Status.WAITING)
+
+    page.goto("/")
+    row = page.locator(f"#run-{run.pk}")
+    expect(row.locator(".retry-cell")).to_contain_text("attempt 1 of 4 failed, next attempt at")
+    screenshot(page, "list-retrying-column", full_page=True)
+    row.get_by_role("button", name=f"retry run {run.pk} now").click()  # 1
+    assert f"Retry the step of run #{run.pk} now" in confirm(page, reason="provider is back")
+    page.wait_for_url(f"**/runs/{run.pk}/")
+    expect(page.locator("#run-status")).to_have_text("succeeded", timeout=15_000)
+    assert AuditEntry.objects.filter(run=run, action="retry now", reason="provider is back").exists()
+
+
 def test_the_retrying_filter_lists_the_backoff_and_retries_now(operator_page, worker):
     page = operator_page
     workflows.PAYMENTS.timeouts_left = 1
@@ -160,3 +176,32 @@ def test_a_retry_across_a_received_signal_asks_whether_to_reuse_it(operator_page
     expect(page.locator("#run-status")).to_have_text("succeeded", timeout=15_000)
     assert Run.objects.get(pk=run.pk).output["by"] == "ann"
     assert run.signals.count() == 2  # the original, consumed, and the copy the retry took
+
+
+def test_bulk_retry_from_a_step_for_the_ticked_runs_counts_then_confirms(operator_page, worker, flaky):
+    page = operator_page
+    failed = [
+        settle(worker, Run.objects.start("dashboard_flaky", {"order": f"S-{i}"}), Status.FAILED)
+        for i in range(2)
+    ]
+    left_alone = settle(worker, Run.objects.start("pricing", {"name": "y", "price": -1}), Status.FAILED)
+    flaky["fail"] = False
+
+    page.goto("/?status=failed")
+    for run in [*failed, left_alone]:
+        page.locator(f"#run-{run.pk} input.row-check").check()
+    step_box = page.get_by_label("step to retry the selected runs from")
+    step_box.focus()  # the ticked runs' step names are offered
+    expect(page.locator("#bulk-step-names option[value=fetch_quote]")).to_have_count(1)
+    step_box.fill("fetch_quote")
+    page.get_by_role("button", name="Retry from step…").click()
+    dialog = page.locator("dialog[open]")  # the dry-run count, in the confirmation
+    expect(dialog.locator("#bulk-retry-count")).to_contain_text("You selected 3 runs; 2 of them have a step")
+    assert AuditEntry.objects.filter(action="retry").count() == 0  # the count changes nothing
+    assert "Retry 2 runs from step fetch_quote?" in confirm(page, reason="quote service back")
+    expect(page.locator(".msg.success")).to_contain_text("Retried from step fetch_quote: 2 runs.")
+    for run in failed:
+        settle(worker, run, Status.SUCCEEDED)
+    assert Run.objects.get(pk=left_alone.pk).status == Status.FAILED
+    entries = AuditEntry.objects.filter(action="retry", reason="quote service back")
+    assert sorted(e.run_id for e in entries) == sorted(r.pk for r in failed)
