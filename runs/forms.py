@@ -15,8 +15,9 @@ from django.core.exceptions import ValidationError
 from django.db.models import Q, QuerySet
 
 from runs import jsoninput
+from runs.bulk import RETRYING
 from runs.jsoninput import JSONInputError
-from runs.models import ACTIVE_STATUSES, Run, Status
+from runs.models import ACTIVE_STATUSES, Run, Status, WaitKind
 from runs.search import text_condition
 
 # Runs an action on "all matching this filter" touches per request; the
@@ -180,7 +181,9 @@ class DateTimeLocalInput(forms.DateTimeInput):
 class RunFilterForm(forms.Form):
     """The run list's filters. Invalid values are reported and ignored."""
 
-    status = forms.ChoiceField(choices=[("", "any status"), *Status.choices], required=False)
+    status = forms.ChoiceField(
+        choices=[("", "any status"), *Status.choices, (RETRYING, "retrying (in backoff)")], required=False
+    )
     workflow = forms.CharField(required=False, max_length=200)
     q = forms.CharField(
         required=False,
@@ -208,7 +211,9 @@ class RunFilterForm(forms.Form):
         """
         data = self.values()
         runs = Run.objects.all()
-        if with_status and data.get("status"):
+        if with_status and data.get("status") == RETRYING:
+            runs = runs.filter(status=Status.WAITING, wait_kind=WaitKind.RETRY)
+        elif with_status and data.get("status"):
             runs = runs.filter(status=data["status"])
         if data.get("workflow"):
             runs = runs.filter(workflow__in=workflows_named(data["workflow"]))
@@ -342,7 +347,7 @@ class RecoverForm(forms.Form):
     workflow = forms.CharField(required=False, max_length=200)
     status = forms.ChoiceField(
         required=False,
-        choices=[("", "any status"), ("retrying", "retrying (in backoff)"), *Status.choices],
+        choices=[("", "any status"), (RETRYING, "retrying (in backoff)"), *Status.choices],
     )
     failed_step = forms.CharField(required=False, max_length=200, label="Failed at step")
     error_type = forms.CharField(required=False, max_length=200, label="Error type")

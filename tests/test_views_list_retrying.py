@@ -92,3 +92,13 @@ def test_retry_now_from_the_list_runs_the_step_and_audits(client, doorbells):
     assert Run.objects.get(pk=run.pk).status == Status.SUCCEEDED
     html = client.get("/").content.decode()
     assert f"row-retry-now-{run.pk}" not in html
+
+
+def test_the_list_filters_the_runs_in_backoff(client, doorbells):
+    (run,) = backing_off(doorbells)
+    failed = make_failed_run()
+    client.force_login(make_viewer())
+    html = client.get("/?status=retrying").content.decode()
+    assert f'id="run-{run.pk}"' in html
+    assert f'id="run-{failed.pk}"' not in html
+    assert "retrying (in backoff)" in html  # offered in the status filter
