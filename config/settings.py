@@ -250,7 +250,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "runs.inbox.navigation",
+                "runs.views.inbox.navigation",
             ],
         },
     },

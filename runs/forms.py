@@ -207,7 +207,7 @@ class RunFilterForm(forms.Form):
         """The runs these filters select, unordered and without the cursor.
 
         The run list searches the input text itself, a window of runs at a time
-        (runs.views.search_page); `search=False` leaves the text out.
+        (runs.views.run_list.search_page); `search=False` leaves the text out.
         """
         data = self.values()
         runs = Run.objects.all()

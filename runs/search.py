@@ -7,7 +7,7 @@ character as a \\u escape ("李雷" is stored as "\\u674e\\u96f7"), and its LIKE
 ASCII case only. There the search compares a folded copy of the column, made by
 `fold` (escapes decoded, case folded), which `register_sqlite_functions` installs on
 each new SQLite connection. Either way the cost stays that of reading the column,
-and the run list bounds how many runs one search reads (runs.views.search_page).
+and the run list bounds how many runs one search reads (runs.views.run_list.search_page).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from runs.forms import ReasonForm
 from runs.models import InvalidOperation
-from runs.views import AuthenticatedHttpRequest, check_operator, check_viewer, login_required
+from runs.views.common import AuthenticatedHttpRequest, check_operator, check_viewer, login_required
 from schedules.models import Schedule
 
 TICKS_SHOWN = 100

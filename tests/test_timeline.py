@@ -9,7 +9,7 @@ from django.utils import timezone
 from runs.models import Run, Status
 from runs.recovery import sweep
 from runs.templatetags.dashboard import CHART_WIDTH, build_timeline
-from runs.views import StepRow, step_history
+from runs.views.run_page import StepRow, step_history
 from steps.models import Checkpoint
 from tests import workflows  # noqa: F401  (registers the test workflows)
 

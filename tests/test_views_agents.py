@@ -10,7 +10,8 @@ from agents import demos, fake, llm
 from agents.models import Payment
 from agents.templatetags.llm import usd
 from runs.models import Run, Status
-from runs.views import INLINE_STEPS, OVERVIEW_CACHE_KEY
+from runs.views.overview import OVERVIEW_CACHE_KEY
+from runs.views.run_page import INLINE_STEPS
 from runs.workflow import step, workflow
 from tests.factories import make_operator, make_viewer
 

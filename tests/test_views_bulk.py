@@ -114,7 +114,7 @@ def test_matching_counts_the_whole_filter(client, operator):
 
 def test_it_handles_at_most_the_limit_per_request(client, operator, monkeypatch):
     monkeypatch.setattr(forms, "BULK_LIMIT", 2)
-    monkeypatch.setattr("runs.views.BULK_LIMIT", 2)
+    monkeypatch.setattr("runs.views.bulk_actions.BULK_LIMIT", 2)
     runs = [make_failed_run() for _ in range(3)]
     html = client.post(URL, {"action": "resume", "scope": "matching"}).content.decode()
     assert "Only the oldest 2 are handled in one go" in html

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from runs.models import AuditEntry, Run, Signal, Status, WaitKind, WorkerProcess
 from runs.templatetags.dashboard import JSON_CAP, build_timeline, duration, json_block
-from runs.views import INLINE_STEPS, PREVIEW_CHARS, StepRow, step_rows
+from runs.views.run_page import INLINE_STEPS, PREVIEW_CHARS, StepRow, step_rows
 from steps.models import Attempt, Branch, Checkpoint, CheckpointStatus
 from tests.factories import make_failed_run, make_operator, make_run, make_viewer, make_waiting_run
 
@@ -664,7 +664,7 @@ def test_opening_a_step_takes_a_constant_number_of_queries(viewer_client):
 
 
 def test_url_filler_matches_reverse():
-    from runs.views import url_filler
+    from runs.views.common import url_filler
 
     fill = url_filler("run_step", 42)
     for position in (0, 7, 1000):

@@ -10,8 +10,9 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from runs import views
 from runs.models import AuditEntry, Run, Status, WaitKind
+from runs.views import overview as overview_views
+from runs.views import run_list as list_views
 from tests.factories import make_failed_run, make_operator, make_run, make_viewer, make_waiting_run
 
 pytestmark = pytest.mark.django_db
@@ -21,7 +22,7 @@ HTMX = {"HTTP_HX_REQUEST": "true"}
 
 @pytest.fixture(autouse=True)
 def _fresh_overview():
-    cache.delete(views.OVERVIEW_CACHE_KEY)  # the overview is cached between requests
+    cache.delete(overview_views.OVERVIEW_CACHE_KEY)  # the overview is cached between requests
 
 
 @pytest.fixture
@@ -96,7 +97,7 @@ def test_it_counts_runs_by_status(viewer_client):
 
 
 def test_status_counts_stop_at_a_cap(viewer_client, monkeypatch):
-    monkeypatch.setattr(views, "COUNT_CAP", 2)
+    monkeypatch.setattr(list_views, "COUNT_CAP", 2)
     for _ in range(3):
         make_failed_run()
     make_run(Status.SUCCEEDED)
@@ -115,7 +116,9 @@ def test_capped_counts_take_one_query_and_keep_the_filters():
     make_failed_run(workflow="b")
     make_run(Status.SUCCEEDED, workflow="a")
     with CaptureQueriesContext(connection) as queries:
-        found = views.capped_counts(Run.objects.filter(workflow="a"), ["failed", "succeeded", "dead"], 10)
+        found = list_views.capped_counts(
+            Run.objects.filter(workflow="a"), ["failed", "succeeded", "dead"], 10
+        )
     assert found == {"failed": 1, "succeeded": 1, "dead": 0}
     assert len(queries) == 1
 
@@ -182,7 +185,7 @@ def test_it_reports_and_ignores_an_invalid_filter(viewer_client):
 
 
 def test_it_pages_by_id_without_offset(viewer_client, monkeypatch):
-    monkeypatch.setattr(views, "PAGE_SIZE", 3)
+    monkeypatch.setattr(list_views, "PAGE_SIZE", 3)
     runs = [make_run(steps=0) for _ in range(8)]
     ids = sorted((run.pk for run in runs), reverse=True)
 
@@ -206,7 +209,7 @@ def test_it_pages_by_id_without_offset(viewer_client, monkeypatch):
 
 
 def test_paging_back_to_the_top_shows_the_newest_page(viewer_client, monkeypatch):
-    monkeypatch.setattr(views, "PAGE_SIZE", 3)
+    monkeypatch.setattr(list_views, "PAGE_SIZE", 3)
     ids = sorted((make_run(steps=0).pk for _ in range(5)), reverse=True)
     response = viewer_client.get(f"/?after={ids[3]}")
     assert row_ids(response) == ids[:3]
@@ -214,7 +217,7 @@ def test_paging_back_to_the_top_shows_the_newest_page(viewer_client, monkeypatch
 
 
 def test_pager_links_keep_the_filters(viewer_client, monkeypatch):
-    monkeypatch.setattr(views, "PAGE_SIZE", 2)
+    monkeypatch.setattr(list_views, "PAGE_SIZE", 2)
     for _ in range(3):
         make_failed_run()
     response = viewer_client.get("/?status=failed")
@@ -497,12 +500,12 @@ def test_a_past_hour_is_counted_again_only_once_one_of_its_runs_changed(viewer_c
 
     # Unchanged runs: the stored count is read, not recounted (tampered here to show it).
     OutcomeHour.objects.filter(pk=stored.pk).update(counts={"waiting": 7})
-    cache.delete(views.OVERVIEW_CACHE_KEY)
+    cache.delete(overview_views.OVERVIEW_CACHE_KEY)
     assert hour_counts(overview_of(viewer_client), 3) == {"waiting": 7}
 
     # A run of that hour changes: its hour is counted again, the others are not read.
     waiting.cancel(by="operator", reason="no longer needed")
-    cache.delete(views.OVERVIEW_CACHE_KEY)
+    cache.delete(overview_views.OVERVIEW_CACHE_KEY)
     assert hour_counts(overview_of(viewer_client), 3) == {"cancelled": 1, "succeeded": 1}
 
 
@@ -513,7 +516,7 @@ def test_the_current_hour_is_always_counted_afresh(viewer_client):
     assert hour_counts(overview_of(viewer_client), 0) == {"succeeded": 1}
     assert not OutcomeHour.objects.filter(hour=overview_of(viewer_client)["hours"][-1]["hour"]).exists()
     make_run(Status.FAILED, 1, created_ago=timedelta(seconds=1))
-    cache.delete(views.OVERVIEW_CACHE_KEY)
+    cache.delete(overview_views.OVERVIEW_CACHE_KEY)
     assert hour_counts(overview_of(viewer_client), 0) == {"succeeded": 1, "failed": 1}
 
 
@@ -540,20 +543,21 @@ def test_the_database_and_python_agree_on_step_percentiles():
         )
     since = timezone.now() - timedelta(days=1)
     in_python = sorted(
-        (name, n, round(p50, 6), round(p95, 6)) for name, n, p50, p95 in views.step_percentiles(since)
+        (name, n, round(p50, 6), round(p95, 6))
+        for name, n, p50, p95 in overview_views.step_percentiles(since)
     )
     in_sql = sorted(
         (name, n, round(float(p50), 6), round(float(p95), 6))
-        for name, n, p50, p95 in views.step_percentiles_in_sql(since)
+        for name, n, p50, p95 in overview_views.step_percentiles_in_sql(since)
     )
     assert in_sql == in_python and len(in_sql) == 21
 
 
 def test_percentiles_use_the_nearest_rank():
     values = [float(n) for n in range(1, 101)]
-    assert views.percentile(values, 0.5) == 50
-    assert views.percentile(values, 0.95) == 95
-    assert views.percentile([3.0], 0.95) == 3
+    assert overview_views.percentile(values, 0.5) == 50
+    assert overview_views.percentile(values, 0.95) == 95
+    assert overview_views.percentile([3.0], 0.95) == 3
 
 
 def test_the_overview_draws_runs_per_hour(viewer_client):
@@ -580,7 +584,7 @@ def test_waiting_rows_say_what_they_wait_for(viewer_client):
 
 
 def test_a_text_search_reads_one_window_of_runs_at_a_time(viewer_client, monkeypatch):
-    monkeypatch.setattr(views, "SEARCH_WINDOW", 4)
+    monkeypatch.setattr(list_views, "SEARCH_WINDOW", 4)
     runs = [make_run(steps=0, input={"x": "needle" if index % 2 else "hay"}) for index in range(10)]
     needles = [run.pk for run in reversed(runs) if run.input["x"] == "needle"]
 
@@ -602,7 +606,7 @@ def test_a_text_search_reads_one_window_of_runs_at_a_time(viewer_client, monkeyp
 
 
 def test_a_run_id_is_found_outside_the_search_window(viewer_client, monkeypatch):
-    monkeypatch.setattr(views, "SEARCH_WINDOW", 2)
+    monkeypatch.setattr(list_views, "SEARCH_WINDOW", 2)
     wanted = make_run(input={"x": "alpha"})
     for _ in range(5):
         make_run(input={"x": "beta"})
@@ -612,7 +616,7 @@ def test_a_run_id_is_found_outside_the_search_window(viewer_client, monkeypatch)
 
 
 def test_a_search_with_no_match_in_its_window_offers_the_next(viewer_client, monkeypatch):
-    monkeypatch.setattr(views, "SEARCH_WINDOW", 3)
+    monkeypatch.setattr(list_views, "SEARCH_WINDOW", 3)
     old = make_run(input={"x": "needle"})
     for _ in range(6):
         make_run(input={"x": "hay"})
@@ -628,7 +632,7 @@ def test_a_search_with_no_match_in_its_window_offers_the_next(viewer_client, mon
 
 
 def test_filtered_by_start_time_the_list_is_ordered_by_start_time(viewer_client, monkeypatch):
-    monkeypatch.setattr(views, "PAGE_SIZE", 2)
+    monkeypatch.setattr(list_views, "PAGE_SIZE", 2)
     ages = [5, 1, 4, 2, 3]  # hours; ids do not follow start times
     runs = [make_run(steps=0, created_ago=timedelta(hours=age)) for age in ages]
     by_start = [run.pk for run in sorted(runs, key=lambda run: run.created_at, reverse=True)]
@@ -644,7 +648,7 @@ def test_filtered_by_start_time_the_list_is_ordered_by_start_time(viewer_client,
 
 
 def test_counts_filtered_by_start_time_are_lower_bounds_beyond_a_sample(viewer_client, monkeypatch):
-    monkeypatch.setattr(views, "START_SAMPLE", 3)
+    monkeypatch.setattr(list_views, "START_SAMPLE", 3)
     for status in ("failed", "failed", "succeeded", "succeeded", "running"):
         make_run(status, 1, lease_owner="w")
     since = (timezone.now() - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
@@ -654,7 +658,7 @@ def test_counts_filtered_by_start_time_are_lower_bounds_beyond_a_sample(viewer_c
         counts[status]["capped"] for status in ("failed", "succeeded", "running") if counts[status]["count"]
     )
     assert not counts[Status.DEAD]["capped"]
-    monkeypatch.setattr(views, "START_SAMPLE", 10)
+    monkeypatch.setattr(list_views, "START_SAMPLE", 10)
     counts = {c["status"]: c for c in viewer_client.get(f"/?started_after={since}").context["counts"]}
     assert (counts[""]["count"], counts[""]["capped"]) == (5, False)
     assert counts[Status.FAILED]["count"] == 2

@@ -15,7 +15,8 @@ from django.views.decorators.http import require_GET
 
 from runs.forms import RunFilterForm
 from runs.models import Run
-from runs.views import AuthenticatedHttpRequest, check_viewer, list_context, login_required, parse_ids
+from runs.views.common import AuthenticatedHttpRequest, check_viewer, login_required
+from runs.views.run_list import list_context, parse_ids
 
 
 @require_GET

@@ -20,7 +20,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from runs.models import Run, Status, WorkerProcess
-from runs.views import AuthenticatedHttpRequest, check_viewer, login_required
+from runs.views.common import AuthenticatedHttpRequest, check_viewer, login_required
 
 log = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ from django.views.decorators.http import require_GET, require_POST
 
 from runs.forms import DecisionForm
 from runs.models import InvalidOperation, Run
-from runs.views import (
+from runs.views.actions import confirm_page
+from runs.views.common import (
     AuthenticatedHttpRequest,
     can_view,
     check_viewer,
-    confirm_page,
     get_run,
     login_required,
     see_other,

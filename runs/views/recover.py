@@ -16,7 +16,13 @@ from django.views.decorators.http import require_http_methods
 
 from runs.bulk import ACTIONS, RETRYING, BulkError, retrying_runs
 from runs.forms import RecoverForm
-from runs.views import AuthenticatedHttpRequest, check_operator, check_viewer, hidden_fields, login_required
+from runs.views.common import (
+    AuthenticatedHttpRequest,
+    check_operator,
+    check_viewer,
+    hidden_fields,
+    login_required,
+)
 
 # Runs backing off listed on the page, soonest next attempt first.
 RETRYING_SHOWN = 50

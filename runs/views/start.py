@@ -16,7 +16,7 @@ from django.urls import reverse
 
 from runs.forms import StartRunForm, input_schema, pretty
 from runs.models import Run, UnknownQueue
-from runs.views import AuthenticatedHttpRequest, check_operator, login_required, see_other
+from runs.views.common import AuthenticatedHttpRequest, check_operator, login_required, see_other
 from runs.workflow import UnknownWorkflow, registry
 
 

@@ -11,7 +11,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from runs.models import ReplayCheck
-from runs.views import AuthenticatedHttpRequest, check_viewer, login_required
+from runs.views.common import AuthenticatedHttpRequest, check_viewer, login_required
 
 EARLIER_SHOWN = 10  # earlier checks listed under the last one
 
