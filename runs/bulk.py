@@ -160,32 +160,7 @@ class BulkPlan:
         }
 
     def code_warnings(self) -> list[str]:
-        """One line per workflow whose eligible runs ran other code than the deployed one."""
-        from runs.workflow import UnknownWorkflow, registry
-
-        groups = (
-            self.eligible()
-            .order_by()
-            .values("workflow", "code_version")
-            .annotate(n=Count("pk"))
-            .order_by("workflow", "code_version")[:50]
-        )
-        warnings = []
-        for group in groups:
-            try:
-                deployed = registry.get(group["workflow"]).version
-            except UnknownWorkflow:
-                warnings.append(
-                    f"{group['n']} run(s) of {group['workflow']!r}: the workflow is not registered in the "
-                    "code deployed here."
-                )
-                continue
-            if group["code_version"] and group["code_version"] != deployed:
-                warnings.append(
-                    f"{group['n']} run(s) of {group['workflow']} ran code version {group['code_version']}; "
-                    f"the deployed code is version {deployed}. They will be replayed with it and record it."
-                )
-        return warnings
+        return code_warnings(self.eligible())
 
     def signal_steps(self) -> int:
         """How many eligible runs would retry across a signal they had received."""
@@ -250,3 +225,31 @@ def with_retry_figures(runs: QuerySet[Run]) -> QuerySet[Run]:
         max_attempts=in_backoff_only(Subquery(last.values("max_attempts")[:1])),
         retrying_step=in_backoff_only(Subquery(last.values("name")[:1])),
     )
+
+
+def code_warnings(runs: QuerySet[Run]) -> list[str]:
+    """One line per workflow whose runs ran other code than the deployed one."""
+    from runs.workflow import UnknownWorkflow, registry
+
+    groups = (
+        runs.order_by()
+        .values("workflow", "code_version")
+        .annotate(n=Count("pk"))
+        .order_by("workflow", "code_version")[:50]
+    )
+    warnings = []
+    for group in groups:
+        try:
+            deployed = registry.get(group["workflow"]).version
+        except UnknownWorkflow:
+            warnings.append(
+                f"{group['n']} run(s) of {group['workflow']!r}: the workflow is not registered in the "
+                "code deployed here."
+            )
+            continue
+        if group["code_version"] and group["code_version"] != deployed:
+            warnings.append(
+                f"{group['n']} run(s) of {group['workflow']} ran code version {group['code_version']}; "
+                f"the deployed code is version {deployed}. They will be replayed with it and record it."
+            )
+    return warnings

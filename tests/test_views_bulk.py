@@ -64,6 +64,15 @@ def test_the_confirmation_is_a_fragment_for_htmx(client, operator):
     assert 'name="reason"' in dialog and "Yes, resume" in dialog
 
 
+def test_the_confirmation_warns_of_runs_that_ran_other_code(client, operator):
+    old = make_failed_run(code_version="old-build")
+    current = make_failed_run()
+    data = {"action": "resume", "scope": "selected", "run": [old.pk, current.pk]}
+    for headers in ({}, {"HTTP_HX_REQUEST": "true", "HTTP_HX_TARGET": "bulk-panel"}):
+        html = client.post(URL, data, **headers).content.decode()
+        assert "1 run(s) of arithmetic ran code version old-build" in html
+
+
 def test_the_htmx_confirmation_has_no_reason_where_nothing_can_be_done(client, operator):
     run = make_run(Status.SUCCEEDED)
     data = {"action": "resume", "scope": "selected", "run": [run.pk]}

@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseLocation
 
-from runs.bulk import BulkPlan, Selection
+from runs.bulk import BulkPlan, Selection, code_warnings
 from runs.forms import BULK_ACTIONS, BULK_LIMIT, BulkForm, RunFilterForm
 from runs.models import InvalidOperation, Run, Status
 from runs.views.actions import confirm_page
@@ -83,6 +83,7 @@ def bulk_confirmation(request, form: BulkForm, targets: QuerySet[Run], back: str
         "statuses": " or ".join(Status(status).label for status in statuses),
         "back": back,
         "scope": form.cleaned_data["scope"],
+        "code_warnings": code_warnings(form.eligible(targets)),
     }
     question = f"{verb.capitalize()} {extra['eligible']} run{'s' if extra['eligible'] != 1 else ''}?"
     return bulk_confirm(request, question, extra, hidden_fields(request))
