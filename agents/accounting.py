@@ -7,7 +7,7 @@ reports per workflow never join runs. Per-step figures come from the step's chec
 written by agents.llm when the call succeeded.
 
     accounting.totals_for_runs([run.pk for run in page])   # one query
-    accounting.cost_by_workflow()                          # one query, last 24 h
+    accounting.cost_by_workflow()                          # last 24 h, ended hours summed once
     accounting.llm_step(checkpoint.meta)                   # no query
 """
 
@@ -20,7 +20,7 @@ from typing import Any, TypedDict
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
-from agents.models import ProviderCall
+from agents.models import ProviderCall, UsageHour, usage_by_workflow
 from runs import jsoninput
 
 # A value on an LLM step's page that cannot be formatted is shown raw, cut here.
@@ -119,20 +119,45 @@ def attach_totals(runs: Sequence[Any], attribute: str = "llm_usage") -> Sequence
 
 
 def cost_by_workflow(hours: float = 24, now: datetime | None = None) -> list[WorkflowCost]:
-    """Model usage per workflow over the last `hours`, most expensive first, in one query.
+    """Model usage per workflow over the last `hours`, most expensive first.
 
-    Grouped by the workflow stored on each call, so the calls of pruned runs still
-    count (`runs` counts the runs that are still there).
+    Grouped by the workflow stored on each call, so the calls of pruned runs still count.
+    The whole hours that ended are read from UsageHour (each summed once); only the
+    partial hours at both ends of the window are summed from the calls.
     """
-    since = (now or timezone.now()) - timedelta(hours=hours)
-    rows = (
-        ProviderCall.objects.filter(created_at__gte=since)
-        .exclude(workflow="")
-        .values("workflow")
-        .annotate(runs=Count("run_id", distinct=True), **_usage_aggregates())
-        .order_by("-cost_usd", "workflow")
-    )
-    return [{"workflow": row["workflow"], "runs": row["runs"], **_usage(row)} for row in rows]
+    now = now or timezone.now()
+    since = now - timedelta(hours=hours)
+    first = _hour_after(since)
+    end = max((now - UsageHour.SETTLE).replace(minute=0, second=0, microsecond=0), first)
+    totals: dict[str, dict[str, Any]] = {}
+    runs: dict[str, set[int]] = {}
+
+    def add(workflow: str, usage: dict[str, Any], run_ids: set[int]) -> None:
+        into = totals.setdefault(workflow, dict.fromkeys(usage, 0))
+        for name, value in usage.items():
+            into[name] += value
+        runs.setdefault(workflow, set()).update(run_ids)
+
+    for row in UsageHour.between(first, end):
+        add(row.workflow, {name: getattr(row, name) for name in USAGE_FIELDS}, row.runs)
+    for start, stop in ((since, first), (end, None)):
+        if stop is None or start < stop:
+            for workflow, (usage, run_ids) in usage_by_workflow(start, stop).items():
+                add(workflow, usage, run_ids)
+    rows = [
+        {"workflow": workflow, "runs": len(runs[workflow]), **_usage(usage)}
+        for workflow, usage in totals.items()
+    ]
+    return sorted(rows, key=lambda row: (-row["cost_usd"], row["workflow"]))
+
+
+USAGE_FIELDS = ("calls", "failed_calls", "input_tokens", "output_tokens", "cost_usd", "latency_ms")
+
+
+def _hour_after(moment: datetime) -> datetime:
+    """The first whole hour that starts at or after `moment`."""
+    hour = moment.replace(minute=0, second=0, microsecond=0)
+    return hour if hour == moment else hour + timedelta(hours=1)
 
 
 # --- one LLM step, for the run page -----------------------------------------------

@@ -8,6 +8,9 @@ after the call) finds its earlier row instead of causing the effect again.
 
 from __future__ import annotations
 
+from array import array
+from datetime import datetime, timedelta
+
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
@@ -71,6 +74,92 @@ class ProviderCall(models.Model):
             return self.run.workflow
         # One primary-key lookup, for a call that took the provider seconds.
         return Run.objects.filter(pk=self.run_id).values_list("workflow", flat=True).first() or ""
+
+
+class UsageHour(models.Model):
+    """Model usage of one workflow over one past hour: what the overview adds up.
+
+    A call is recorded when it is made, so once an hour has ended (and SETTLE has passed
+    for calls stamped just before its end to commit) its figures never change: each hour
+    is summed once and read ever after, instead of a day of calls per overview. The runs
+    that made the calls are kept as their ids (8 bytes each, the calls of a pruned run
+    keep theirs), so the distinct runs of a day are the exact union of its hours.
+    """
+
+    hour = models.DateTimeField()
+    workflow = models.CharField(max_length=200)
+    calls = models.BigIntegerField(default=0)
+    failed_calls = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.FloatField(default=0.0)
+    latency_ms = models.BigIntegerField(default=0)
+    run_ids = models.BinaryField(default=bytes)  # sorted int64s, array("q")
+
+    SETTLE = timedelta(minutes=2)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["hour", "workflow"], name="usagehour_unique")]
+        indexes = [models.Index(fields=["hour"], name="usagehour_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.workflow} at {self.hour:%Y-%m-%d %H}:00 UTC: {self.calls} calls"
+
+    @property
+    def runs(self) -> set[int]:
+        ids = array("q")
+        ids.frombytes(bytes(self.run_ids))
+        return set(ids)
+
+    @classmethod
+    def between(cls, first: datetime, end: datetime) -> list[UsageHour]:
+        """The hours from `first` to `end` (whole hours, all ended), each summed once."""
+        hours = [first + timedelta(hours=index) for index in range(int((end - first) / timedelta(hours=1)))]
+        stored = list(cls.objects.filter(hour__in=hours))
+        missing = set(hours) - {row.hour for row in stored}
+        for hour in sorted(missing):
+            added = [
+                cls(hour=hour, workflow=workflow, run_ids=array("q", sorted(runs)).tobytes(), **usage)
+                for workflow, (usage, runs) in usage_by_workflow(hour, hour + timedelta(hours=1)).items()
+            ] or [cls(hour=hour, workflow=NO_CALLS)]
+            # Two overviews may sum the same hour at once: the figures are the same.
+            cls.objects.bulk_create(added, ignore_conflicts=True)
+            stored += added
+        if missing:  # an hour ended since the last look: the oldest ones are out of any window for good
+            cls.objects.filter(hour__lt=first - timedelta(days=1)).delete()
+        return [row for row in stored if row.workflow != NO_CALLS]
+
+
+# The row of an hour without a call in a workflow: says that hour was summed.
+NO_CALLS = ""
+
+
+def usage_by_workflow(start: datetime, end: datetime | None = None) -> dict[str, tuple[dict, set[int]]]:
+    """Per workflow, the summed figures of the calls made from start (to end), and the ids
+    of the runs that made them. Two queries."""
+    calls = ProviderCall.objects.filter(created_at__gte=start).exclude(workflow="")
+    if end is not None:
+        calls = calls.filter(created_at__lt=end)
+    figures = (
+        calls.values("workflow")
+        .order_by()
+        .annotate(
+            calls=models.Count("id"),
+            failed_calls=models.Count("id", filter=~models.Q(outcome="ok")),
+            input_tokens=models.Sum("input_tokens"),
+            output_tokens=models.Sum("output_tokens"),
+            cost_usd=models.Sum("cost_usd"),
+            latency_ms=models.Sum("latency_ms"),
+        )
+    )
+    found = {
+        row.pop("workflow"): ({name: value or 0 for name, value in row.items()}, set()) for row in figures
+    }
+    pairs = calls.filter(run__isnull=False).values_list("workflow", "run_id").distinct().order_by()
+    for workflow, run_id in pairs:
+        if workflow in found:
+            found[workflow][1].add(run_id)
+    return found
 
 
 class OrderStatus(models.TextChoices):

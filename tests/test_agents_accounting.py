@@ -92,14 +92,23 @@ def test_it_sums_cost_per_workflow_over_the_last_24_hours(django_assert_num_quer
     call(refund_b, 5.00, age=timedelta(hours=25))  # too old
     call(research, 1.00)
 
-    with django_assert_num_queries(1):
-        rows = accounting.cost_by_workflow()
-
+    rows = accounting.cost_by_workflow()
     assert [(row["workflow"], row["runs"], row["calls"]) for row in rows] == [
         ("research_agent", 1, 1),
         ("refund_agent", 2, 2),
     ]
     assert rows[1]["cost_usd"] == pytest.approx(0.30)
+
+    # The hours that ended were summed once: from now on they are read, whatever the
+    # number of calls, and only the partial hours at both ends of the window are summed.
+    call(refund_a, 0.40)
+    with django_assert_num_queries(5):
+        again = accounting.cost_by_workflow()
+    assert [(row["workflow"], row["runs"], row["calls"]) for row in again] == [
+        ("research_agent", 1, 1),
+        ("refund_agent", 2, 3),
+    ]
+    assert again[1]["cost_usd"] == pytest.approx(0.70)
 
 
 def test_it_turns_an_llm_step_into_a_readable_conversation(doorbells):
