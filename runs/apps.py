@@ -7,11 +7,14 @@ class RunsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.contrib.auth.signals import user_logged_in
         from django.db.backends.signals import connection_created
 
         from runs.search import register_sqlite_functions
+        from runs.viewer_zone import restore_choice
         from runs.workflow import registry
 
         # The text search's fold() on SQLite (runs.search); the import registers its lookup.
         connection_created.connect(register_sqlite_functions, dispatch_uid="runs.search")
         registry.load(settings.DURABLE_WORKFLOW_MODULES)
+        user_logged_in.connect(restore_choice, dispatch_uid="runs.viewer_zone")

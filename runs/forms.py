@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 from urllib.parse import urlencode
+from zoneinfo import available_timezones
 
 import jsonschema
 from django import forms
@@ -380,3 +381,16 @@ class RecoverForm(forms.Form):
 
 def _empty(name: str):
     return None if name.startswith("started_") else ""
+
+
+def time_zone_choices() -> list[tuple[str, str]]:
+    return [("", "the time zone of my browser"), *((zone, zone) for zone in sorted(available_timezones()))]
+
+
+class TimeZoneForm(forms.Form):
+    time_zone = forms.ChoiceField(
+        choices=time_zone_choices,
+        required=False,
+        label="Show times in",
+        help_text="Every time on the dashboard is shown in this zone, with UTC on hover.",
+    )

@@ -1916,6 +1916,23 @@ class OutcomeHour(models.Model):
         return [{"hour": hour, **counts[hour]} for hour in hours]
 
 
+class ViewerPreference(models.Model):
+    """A person's own settings for the dashboard. An empty time zone: the browser's."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="viewer_preference"
+    )
+    time_zone = models.CharField(max_length=64, blank=True)
+
+    def __str__(self) -> str:
+        zone = self.time_zone or "the browser's time zone"
+        return f"{self.user}: {zone}"
+
+    @classmethod
+    def time_zone_of(cls, user) -> str:
+        return cls.objects.filter(user=user).values_list("time_zone", flat=True).first() or ""
+
+
 class WorkerProcess(models.Model):
     """A process that executes runs. Its heartbeat keeps the leases it holds alive."""
 

@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.safestring import SafeString
 
-from runs.models import Status
+from runs.models import Status, ViewerPreference
 from runs.templatetags.dashboard import day_label, local_time
 from runs.viewer_zone import ViewerTimeZoneMiddleware
 from tests.factories import make_run, make_viewer
@@ -99,6 +99,59 @@ def test_the_middleware_ignores_a_missing_or_unknown_zone(cookie):
 
 def test_the_api_stays_in_utc_whatever_the_cookie():
     assert zone_seen("Asia/Tokyo", "/api/runs/") == "UTC"
+
+
+def test_a_zone_the_person_chose_comes_before_the_browsers():
+    request = request_with("Asia/Tokyo")
+    request.session = {"time_zone": "Europe/Paris"}
+    seen = {}
+
+    def view(request):
+        seen["zone"] = timezone.get_current_timezone_name()
+        return HttpResponse("ok")
+
+    ViewerTimeZoneMiddleware(view)(request)
+    assert seen["zone"] == "Europe/Paris"
+
+
+@pytest.mark.django_db
+def test_a_person_chooses_a_zone_and_every_page_follows_it(client):
+    viewer = make_viewer()
+    client.force_login(viewer)
+    client.cookies["tz"] = "Asia/Tokyo"
+    run = make_run(Status.SUCCEEDED, 2)
+    form = client.get(reverse("preferences")).content.decode()
+    assert 'value="Europe/Paris"' in form and "Your browser says Asia/Tokyo." in form
+
+    response = client.post(reverse("preferences"), {"time_zone": "Europe/Paris"}, follow=True)
+    assert "Times are shown in Europe/Paris." in response.content.decode()
+    assert ViewerPreference.objects.get(user=viewer).time_zone == "Europe/Paris"
+    html = client.get(reverse("run_detail", args=[run.pk])).content.decode()
+    assert f"{timezone.localtime(run.created_at, ZoneInfo('Europe/Paris')):%H:%M:%S}</time>" in html
+
+    # Signed in again elsewhere: the choice comes back with the session.
+    client.logout()  # clears the test client's cookies
+    client.force_login(viewer)
+    client.cookies["tz"] = "Asia/Tokyo"
+    assert client.session["time_zone"] == "Europe/Paris"
+
+    client.post(reverse("preferences"), {"time_zone": ""})  # back to the browser's zone
+    assert "time_zone" not in client.session
+    html = client.get(reverse("run_detail", args=[run.pk])).content.decode()
+    assert f"{timezone.localtime(run.created_at, TOKYO):%H:%M:%S}</time>" in html
+
+
+@pytest.mark.django_db
+def test_an_unknown_zone_is_refused_and_nothing_is_saved(client):
+    viewer = make_viewer()
+    client.force_login(viewer)
+    response = client.post(reverse("preferences"), {"time_zone": "Mars/Olympus_Mons"})
+    assert response.status_code == 200
+    assert "Select a valid choice" in response.content.decode()
+    assert not ViewerPreference.objects.filter(user=viewer).exists()
+    assert client.get(reverse("preferences")).status_code == 200
+    client.logout()
+    assert client.get(reverse("preferences")).status_code == 302  # to the sign-in form
 
 
 @pytest.mark.django_db
