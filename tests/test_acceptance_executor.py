@@ -137,3 +137,46 @@ def test_a_worker_stopped_warmly_hands_its_runs_back_between_steps(tmp_path):
             assert Run.objects.get(pk=run.pk).recovery_count == 0
     finally:
         cluster.stop()
+
+
+def unacknowledged_doorbells(run: Run) -> int:
+    """How many doorbells of `run` a worker holds and has not acknowledged (Redis only)."""
+    import json
+
+    import redis
+
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    held = 0
+    for value in client.hvals("unacked"):
+        message = json.loads(value)[0]
+        headers = message.get("headers") or {}
+        held += headers.get("task") == "runs.execute" and headers.get("argsrepr") == f"({run.pk},)"
+    return held
+
+
+def test_a_doorbell_held_by_a_killed_pool_process_is_delivered_again(tmp_path):
+    """A pool process whose run threads are all busy holds its next doorbell unacknowledged
+    while it waits for a free thread. Killed, it must not take the doorbell with it: the
+    message goes back to the queue (reject_on_worker_lost), so the run does not wait for the
+    sweep to ring again (an hour here)."""
+    if not settings.CELERY_BROKER_URL.startswith("redis://"):
+        pytest.skip("reads Redis's unacknowledged messages to know the doorbell is held")
+    create_ledger()
+    cluster = Cluster(tmp_path, **{**FAST, "DURABLE_REDISPATCH_AFTER": "3600"}, DURABLE_RUNS_PER_PROCESS="2")
+    try:
+        worker = cluster.worker("one", pool="prefork", concurrency=1)
+        busy = start_ledgers(cluster, 2, steps=2, slow_index=0, pause=120)
+        wait_for(
+            lambda: all(step_counts(run.pk).get("step-0") for run in busy), 60, "both threads busy", cluster
+        )
+        waiting = Run.objects.start("ledger", {"steps": 2}, queue=cluster.queue)
+        wait_for(lambda: unacknowledged_doorbells(waiting) == 1, 60, "its doorbell held", cluster)
+        assert Run.objects.get(pk=waiting.pk).status == Status.PENDING
+
+        (pool_process,) = child_pids(worker.pid)
+        os.kill(pool_process, signal.SIGKILL)
+
+        wait_for(lambda: succeeded(*busy, waiting), 120, "every run to succeed", cluster)
+        assert step_counts(waiting.pk) == {"step-0": 1, "step-1": 1}
+    finally:
+        cluster.stop()
