@@ -6,6 +6,7 @@ from __future__ import annotations
 from zoneinfo import ZoneInfo
 
 import pytest
+from playwright.sync_api import expect
 
 from runs.models import Status
 from runs.templatetags.dashboard import day_label
@@ -87,9 +88,11 @@ def test_a_15_step_run_folds_its_outputs_and_jumps_to_a_step(browser, live_serve
 
     tab.locator("nav.jump").get_by_role("link", name="9", exact=True).click()
     tab.wait_for_url(f"**/runs/{run.pk}/#step-9")
-    assert output_shown(9)  # jumping to a step unfolds it
-    assert tab.locator("#step-9").is_visible()
-    in_view = tab.evaluate("document.getElementById('step-9').getBoundingClientRect().top")
-    assert 0 <= in_view < 900
+    # Jumping to a step unfolds it and brings it into view (on hashchange, just after the URL).
+    expect(tab.locator("#step-9 pre.json").first).to_be_visible()
+    tab.wait_for_function(
+        "() => { const top = document.getElementById('step-9').getBoundingClientRect().top;"
+        " return top >= 0 && top < 900; }"
+    )
     context.close()
     assert not violations, violations
