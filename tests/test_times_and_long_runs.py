@@ -66,21 +66,23 @@ def test_local_time_escapes_nothing_it_did_not_make():
     assert isinstance(html, SafeString) and "<script" not in html
 
 
-def request_with(cookie: str | None, path: str = "/"):
+def request_with(cookie: str | None, path: str = "/", session: dict | None = None):
     request = RequestFactory().get(path)
+    if session is not None:
+        request.session = session
     if cookie is not None:
         request.COOKIES["tz"] = cookie
     return request
 
 
-def zone_seen(cookie: str | None, path: str = "/") -> str:
+def zone_seen(cookie: str | None, path: str = "/", session: dict | None = None) -> str:
     seen = {}
 
     def view(request):
         seen["zone"] = timezone.get_current_timezone_name()
         return HttpResponse("ok")
 
-    ViewerTimeZoneMiddleware(view)(request_with(cookie, path))
+    ViewerTimeZoneMiddleware(view)(request_with(cookie, path, session))
     assert timezone.get_current_timezone_name() == "UTC"  # nothing left active for the next request
     return seen["zone"]
 
@@ -102,16 +104,7 @@ def test_the_api_stays_in_utc_whatever_the_cookie():
 
 
 def test_a_zone_the_person_chose_comes_before_the_browsers():
-    request = request_with("Asia/Tokyo")
-    request.session = {"time_zone": "Europe/Paris"}
-    seen = {}
-
-    def view(request):
-        seen["zone"] = timezone.get_current_timezone_name()
-        return HttpResponse("ok")
-
-    ViewerTimeZoneMiddleware(view)(request)
-    assert seen["zone"] == "Europe/Paris"
+    assert zone_seen("Asia/Tokyo", session={"time_zone": "Europe/Paris"}) == "Europe/Paris"
 
 
 @pytest.mark.django_db
