@@ -30,7 +30,7 @@
       if (!form.matches || !form.matches("form[data-confirm]")) return;
       var confirmed = form.querySelector("input[name=confirmed]");
       if (confirmed && confirmed.value === "yes") return;
-      var dialog = form.querySelector("dialog");
+      var dialog = form.querySelector("dialog") || drawConfirmation(form);
       if (!dialog) return;
       event.preventDefault();
       event.stopPropagation();
@@ -38,6 +38,27 @@
     },
     true
   );
+
+  // A form that carries its question in data-question (the run list's row actions) gets its
+  // dialog drawn from the page's one template; text goes in as text, never as markup.
+  function drawConfirmation(form) {
+    var template = document.getElementById("confirm-dialog-template");
+    var question = form.getAttribute("data-question");
+    if (!template || !question) return null;
+    form.appendChild(template.content.cloneNode(true));
+    var dialog = form.querySelector("dialog");
+    dialog.setAttribute("aria-label", question);
+    dialog.querySelector("h2").textContent = question;
+    dialog.querySelector("[data-confirm-yes]").textContent = "Yes, " + (form.getAttribute("data-verb") || "do it");
+    var warning = form.getAttribute("data-warning");
+    if (warning) {
+      var line = document.createElement("p");
+      line.className = "warn code-warning";
+      line.textContent = warning;
+      dialog.querySelector("h2").after(line);
+    }
+    return dialog;
+  }
 
   document.addEventListener("click", function (event) {
     var button = event.target.closest && event.target.closest("[data-confirm-yes], [data-confirm-no]");

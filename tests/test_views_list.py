@@ -404,12 +404,15 @@ def test_failed_rows_carry_a_resume_and_signal_waits_the_decision(operator_clien
     html = operator_client.get("/").content.decode()
     assert f'form="row-resume-{failed.pk}" aria-label="resume run {failed.pk}">Resume…</button>' in html
     resume_url = f"/runs/{failed.pk}/resume/"
-    resume_form = f'<form id="row-resume-{failed.pk}" method="post" action="{resume_url}" data-confirm>'
+    resume_form = f'<form id="row-resume-{failed.pk}" method="post" action="{resume_url}" data-confirm'
     assert resume_form in html
-    # confirmed in its own <dialog>, the reason inside
-    after = html[html.index(resume_form) :]
-    dialog = after[: after.index("</form>")]
-    assert f"Resume run #{failed.pk} (" in dialog and 'name="reason"' in dialog
+    # Its confirmation is drawn from the page's one dialog template, with the form's question.
+    form = html[html.index(resume_form) :]
+    form = form[: form.index("</form>")]
+    assert f'data-question="Resume run #{failed.pk} (' in form and 'data-verb="resume"' in form
+    assert html.count('<template id="confirm-dialog-template">') == 1
+    template = html[html.index('<template id="confirm-dialog-template">') :]
+    assert 'name="reason"' in template[: template.index("</template>")]
     assert f'form="row-approve-{waiting.pk}"' in html and f'form="row-reject-{waiting.pk}"' in html
     assert f'action="/inbox/{waiting.pk}/decide/"' in html
     row = html[html.index(f'id="run-{waiting.pk}"') :]

@@ -48,9 +48,11 @@ def test_operators_get_retry_now_confirmed_in_a_dialog(client, doorbells):
     assert f'form="row-retry-now-{run.pk}" aria-label="retry run {run.pk} now">Retry now…</button>' in html
     form = html[html.index(f'<form id="row-retry-now-{run.pk}"') :]
     form = form[: form.index("</form>")]
-    assert f'action="{reverse("run_retry_now", args=[run.pk])}" data-confirm>' in form
+    assert f'action="{reverse("run_retry_now", args=[run.pk])}" data-confirm ' in form
     assert "csrfmiddlewaretoken" in form
-    assert f"Retry the step of run #{run.pk} now" in form and 'name="reason"' in form
+    assert f'data-question="Retry the step of run #{run.pk} now' in form and 'data-verb="retry now"' in form
+    # The dialog itself, with the reason field, comes from the page's one template.
+    assert 'name="reason"' in html[html.index('<template id="confirm-dialog-template">') :]
 
 
 def test_the_live_refresh_shows_the_column_too(client, doorbells):

@@ -96,8 +96,22 @@ def test_a_failed_row_resumes_with_one_click_and_the_confirmation(operator_page,
     monkeypatch.setitem(factories.FLAKY, "fail", True)
     run = settle(worker, Run.objects.start("dashboard_flaky", {"order": "R-1"}), Status.FAILED)
     factories.FLAKY["fail"] = False
+    Run.objects.filter(pk=run.pk).update(code_version="old-build")
     page.goto("/")
+    # The row's dialog is drawn from the page's one template: its question, verb and warning.
     page.get_by_role("button", name=f"resume run {run.pk}").click()
-    assert f"Resume run #{run.pk}" in confirm(page)
+    dialog = page.locator("dialog[open]")
+    expect(dialog.locator("h2")).to_have_text(
+        f"Resume run #{run.pk} (dashboard_flaky)? It continues from where it stopped."
+    )
+    expect(dialog.locator(".code-warning")).to_contain_text("old-build")
+    expect(dialog.get_by_role("button", name="Yes, resume")).to_be_visible()
+    dialog.get_by_role("button", name="No").click()
+    expect(page.locator("dialog[open]")).to_have_count(0)
+    # Asked again, the same dialog opens once more, not a second one.
+    page.get_by_role("button", name=f"resume run {run.pk}").click()
+    expect(page.locator(f"#row-resume-{run.pk} dialog")).to_have_count(1)
+    assert f"Resume run #{run.pk}" in confirm(page, reason="fixed the card")
     page.wait_for_url(f"**/runs/{run.pk}/")
     settle(worker, run, Status.SUCCEEDED)
+    assert AuditEntry.objects.filter(run=run, action="resume", reason="fixed the card").exists()
