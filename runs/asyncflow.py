@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
@@ -30,6 +31,11 @@ class DurableCall:
     def __init__(self, call: Callable[[], Any]):
         self._call = call
         self._awaited = False
+
+    def __del__(self) -> None:
+        if not self._awaited:  # as Python warns of a coroutine never awaited
+            message = "a durable call was made without `await`: it did nothing"
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     def __await__(self) -> Generator[DurableCall, Any, Any]:
         if self._awaited:

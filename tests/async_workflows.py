@@ -38,6 +38,7 @@ async def async_add(a, b):
 async def async_double(x):
     called("async_double")
     await asyncio.sleep(0)
+    current_step().meta.update(model="fake-async", doubled=x)  # saved on the checkpoint
     if TOGGLES.pop("crash", False):
         raise SimulatedCrash("power cut inside an async step")
     return x * 2

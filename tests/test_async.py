@@ -37,6 +37,7 @@ def test_it_checkpoints_async_and_sync_steps_of_an_async_workflow(doorbells):
     assert run.output == {"total": 3, "doubled": 6, "bumped": 7}
     assert live(run) == [(0, "async_add", 3, 1), (1, "async_double", 6, 1), (2, "add", 7, 1)]
     assert all(c.status == CheckpointStatus.SUCCEEDED for c in run.live_checkpoints())
+    assert run.live_checkpoints().get(position=1).meta == {"model": "fake-async", "doubled": 3}
     # The async step ran on the process's event loop, not on a thread of its own.
     assert async_workflows.WHERE == [("durable-loop", True)]
 
@@ -319,3 +320,12 @@ def test_a_durable_call_is_made_once_and_only_when_awaited():
 def test_a_sync_workflow_is_called_as_it_always_was():
     ctx = _Calls()
     assert call_workflow(lambda ctx, data: ctx.step(None, data, 1), ctx, 4) == 5
+
+
+def test_a_durable_call_never_awaited_warns():
+    async def flow(ctx, data):
+        ctx.step(None, 1)  # forgot the await
+        return "done"
+
+    with pytest.warns(RuntimeWarning, match="without `await`"):
+        assert call_workflow(flow, _Calls(), None) == "done"
