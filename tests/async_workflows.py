@@ -106,6 +106,39 @@ async def async_timeout(ctx, data):
     return await ctx.step(async_slow, data.get("swallow", False))
 
 
+@step(retry=RetryPolicy(max_attempts=2, initial_interval=0, jitter=0))
+async def async_nap(seconds: float):
+    """No timeout of its own: only DURABLE_MAX_STEP_SECONDS limits it."""
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        CANCELLED.append(current_step().idempotency_key)
+        raise
+    return "woke"
+
+
+@workflow("async_napper")
+async def async_napper(ctx, data):
+    return await ctx.step(async_nap, data["seconds"])
+
+
+RELEASE = threading.Event()
+RELEASED: list[str] = []
+
+
+@step(timeout=0.2, retry=RetryPolicy(max_attempts=1))
+async def async_blocker():
+    """Blocks the event loop itself (a blocking call without await) until the test releases it."""
+    RELEASE.wait(30)
+    RELEASED.append(current_step().idempotency_key)
+    return "released"
+
+
+@workflow("async_blocker")
+async def async_blocker_workflow(ctx, data):
+    return await ctx.step(async_blocker)
+
+
 @step(retry=RetryPolicy(max_attempts=1))
 async def async_own_timeout_error():
     raise TimeoutError("the provider's own timeout, not the step's")
