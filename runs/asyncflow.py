@@ -97,6 +97,12 @@ class AsyncContext:
         return self.sync.position
 
 
+ONLY_DURABLE_CALLS = (
+    "an async workflow may await only its context's durable calls (ctx.step, ctx.sleep, "
+    "ctx.wait_for_signal, ctx.parallel, ...), not {what}: work that waits belongs in a step"
+)
+
+
 def call_workflow(fn: Callable[..., Any], ctx, data: Any) -> Any:
     """Call a workflow function with `ctx` and its input, sync or async alike; its output."""
     if not inspect.iscoroutinefunction(fn):
@@ -117,14 +123,15 @@ def drive(coroutine: Coroutine) -> Any:
             awaited = coroutine.send(value) if error is None else coroutine.throw(error)
         except StopIteration as returned:
             return returned.value
+        except RuntimeError as exc:
+            if str(exc) == "no running event loop":  # asyncio.sleep() and the like, in workflow code
+                raise TypeError(ONLY_DURABLE_CALLS.format(what="asyncio's own calls")) from exc
+            raise
         value, error = None, None
         if awaited is None:  # a bare yield (asyncio.sleep(0)): nothing to wait for
             continue
         if not isinstance(awaited, DurableCall):
-            error = TypeError(
-                f"an async workflow may await only its context's durable calls (ctx.step, ctx.sleep, "
-                f"ctx.wait_for_signal, ctx.parallel, ...), not {awaited!r}: work that waits belongs in a step"
-            )
+            error = TypeError(ONLY_DURABLE_CALLS.format(what=repr(awaited)))
             continue
         try:
             value = awaited._call()
