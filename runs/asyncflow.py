@@ -124,7 +124,8 @@ def drive(coroutine: Coroutine) -> Any:
         except StopIteration as returned:
             return returned.value
         except RuntimeError as exc:
-            if str(exc) == "no running event loop":  # asyncio.sleep() and the like, in workflow code
+            # asyncio.sleep(), asyncio.gather() and the like, in workflow code: no loop runs here.
+            if "event loop" in str(exc):
                 raise TypeError(ONLY_DURABLE_CALLS.format(what="asyncio's own calls")) from exc
             raise
         value, error = None, None

@@ -192,6 +192,11 @@ async def async_awaits_a_timer(ctx, data):
     return "unreachable"
 
 
+@workflow("async_gathers")
+async def async_gathers(ctx, data):
+    return await asyncio.gather(ctx.step(async_add, 1, 1), ctx.step(async_add, 2, 2))  # refused
+
+
 async def _helper(ctx, n):
     return await ctx.step(async_add, n, n)
 

@@ -244,6 +244,15 @@ def test_durable_calls_can_be_awaited_in_helpers_and_made_through_ctx_sync(doorb
     assert [c.name for c in run.live_checkpoints()] == ["async_add", "add"]
 
 
+def test_it_fails_an_async_workflow_that_gathers_steps_itself(doorbells):
+    run = Run.objects.start("async_gathers", {})
+    assert doorbells.drain() == ["failed"]
+    run.refresh_from_db()
+    assert run.error_type == "TypeError"
+    assert "ctx.parallel" in run.error_message
+    assert workflows.CALLS["async_add"] == 0
+
+
 def test_it_fails_an_async_workflow_that_awaits_anything_but_a_durable_call(doorbells):
     run = Run.objects.start("async_awaits_a_timer", {})
     assert doorbells.drain() == ["failed"]
