@@ -47,7 +47,7 @@ def call_with_timeout(
     swallowing the interruption does not save it.
     """
     if inspect.iscoroutinefunction(fn):
-        return _call_async(fn(*args, **kwargs), seconds)
+        return _call_async(fn(*args, **kwargs), seconds or None)
     if not seconds:
         return _call_async(fn(*args, **kwargs), None)  # a coroutine returned by a wrapper
     started = time.monotonic()
@@ -74,7 +74,7 @@ def _call_async(value: Any, seconds: float | None) -> Any:
     """Await a step's coroutine on the process's event loop, cancelled after `seconds`."""
     if not inspect.iscoroutine(value):
         return value
-    if not seconds:
+    if seconds is None:
         return eventloop.run(value, None)
     started = time.monotonic()
     try:
