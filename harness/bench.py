@@ -39,7 +39,17 @@ from runs.recovery import sweep
 from steps.models import Branch, BranchStatus
 
 ROOT = Path(__file__).resolve().parent.parent
-PHASES = ("throughput", "io_bound", "checkpoint_bytes", "floor", "recovery", "memory", "pages", "wakeups")
+PHASES = (
+    "throughput",
+    "async_steps",
+    "io_bound",
+    "checkpoint_bytes",
+    "floor",
+    "recovery",
+    "memory",
+    "pages",
+    "wakeups",
+)
 
 
 @dataclass
@@ -48,6 +58,9 @@ class BenchConfig:
     # Throughput shapes, (runs, steps each): many short runs, and a few long ones.
     shapes: tuple[tuple[int, int], ...] = ((500, 10), (20, 100))
     throughput_rounds: int = 2
+    # Async steps against sync ones, in one worker: (runs, steps each), and rounds per side.
+    async_shape: tuple[int, int] = (200, 10)
+    async_rounds: int = 3
     # I/O-bound runs: (runs, steps each, seconds each step waits).
     io_shape: tuple[int, int, float] = (64, 5, 0.05)
     floor_rows: int = 2000
@@ -142,11 +155,9 @@ class Bench:
         finally:
             baseline.stop()
 
-    def durable_runs(self, cluster: Cluster, count: int, steps: int) -> float:
+    def durable_runs(self, cluster: Cluster, count: int, steps: int, workflow: str = "bench_noop") -> float:
         begin = time.time()
-        ids = [
-            Run.objects.start("bench_noop", {"steps": steps}, queue=cluster.queue).pk for _ in range(count)
-        ]
+        ids = [Run.objects.start(workflow, {"steps": steps}, queue=cluster.queue).pk for _ in range(count)]
         wait_until(lambda: self.finished(ids), 600, "the durable runs", cluster)
         end = Run.objects.filter(pk__in=ids).aggregate(end=Max("finished_at"))["end"].timestamp()
         return count * steps / (end - begin)
@@ -166,6 +177,37 @@ class Bench:
         done = [cluster.done_dir / name for name in names]
         wait_until(lambda: all(path.exists() for path in done), 600, "the chains", cluster)
         return max(float(path.read_text()) for path in done)
+
+    # --- async steps -------------------------------------------------------------------
+
+    def async_steps(self) -> None:
+        """Async steps in an async workflow against sync steps in a sync one, same worker.
+
+        Both sides run in one prefork worker, taking turns to go first; each side's best
+        round counts. An async step runs on its process's event loop, handed over by the
+        run's thread, which waits for it (steps.eventloop).
+        """
+        sides = {"bench_noop": 0.0, "bench_async_noop": 0.0}
+        cluster = self.cluster("async")
+        cluster.worker("w", pool="prefork", concurrency=self.config.processes)
+        try:
+            for workflow in sides:
+                self.durable_runs(cluster, 4, 5, workflow)  # warm both paths up
+            for round_number in range(self.config.async_rounds):
+                order = list(sides) if round_number % 2 == 0 else list(reversed(sides))
+                for workflow in order:
+                    figure = self.durable_runs(cluster, *self.config.async_shape, workflow)
+                    sides[workflow] = max(sides[workflow], figure)
+        finally:
+            cluster.stop()
+        sync, asynchronous = sides["bench_noop"], sides["bench_async_noop"]
+        self.figures["sync_steps_per_s"] = round(sync, 1)
+        self.figures["async_steps_per_s"] = round(asynchronous, 1)
+        self.figures["async_vs_sync_steps"] = round(asynchronous / sync, 2)
+        self.say(
+            f"async steps: {asynchronous:.0f} steps/s, sync steps {sync:.0f} steps/s "
+            f"({asynchronous / sync:.2f}x)"
+        )
 
     # --- I/O-bound steps ---------------------------------------------------------------
 
@@ -716,6 +758,7 @@ def machine() -> dict:
 
 TARGETS = {
     "durable_vs_chain": ("≥ 3×", lambda v: v >= 3),
+    "async_vs_sync_steps": ("≥ 0.8×", lambda v: v >= 0.8),
     "wakeups_idle_sweep_sleepers_p95_ms": ("≤ 10 ms", lambda v: v <= 10),
     "wakeups_per_s": ("≥ 2,000/s", lambda v: v >= 2000),
     "wakeups_two_sweepers_vs_one": ("≥ 1.6×", lambda v: v >= 1.6),

@@ -103,6 +103,19 @@ def bench_noop(ctx, data):
 
 
 @step
+async def async_noop() -> None:
+    return None
+
+
+@workflow("bench_async_noop")
+async def bench_async_noop(ctx, data):
+    """bench_noop with async steps in an async workflow."""
+    for _ in range(data["steps"]):
+        await ctx.step(async_noop)
+    return data["steps"]
+
+
+@step
 def wait_for_io(pause: float) -> None:
     """A step that waits, as a model call or an HTTP request does."""
     time.sleep(pause)

@@ -3,7 +3,9 @@
 One task executes consecutive steps of a run, one commit per step, until the
 workflow returns, fails, or has to wait (sleep, retry backoff, signal); waiting
 releases the worker and the run is dispatched again when it is due. All database
-writes go through methods of runs.models.Run.
+writes go through methods of runs.models.Run. An `async def` workflow is driven on the
+same thread through the same calls (runs.asyncflow); async steps run on the process's
+event loop (steps.eventloop).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from django.db import Error as DatabaseFailure
 from django.utils import timezone
 
 from runs import liveness, stepinputs
+from runs.asyncflow import call_workflow
 from runs.models import Run, WaitKind, ensure_json
 from runs.redaction import redact
 from runs.workflow import (
@@ -529,7 +532,7 @@ def _advance(run: Run, token: str, executor=None) -> str:
     recorded = [] if _fresh(run) else list(run.live_checkpoints())
     ctx = RunContext(run, token, recorded, executor)
     try:
-        output = definition.fn(ctx, run.input)
+        output = call_workflow(definition.fn, ctx, run.input)
     except _Stop as stop:
         return stop.outcome
     except Exception as exc:

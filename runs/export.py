@@ -29,6 +29,7 @@ from typing import IO, Any
 from django.utils import timezone
 
 from runs import jsoninput, stepinputs
+from runs.asyncflow import call_workflow
 from runs.workflow import PATCH_PREFIX, StepFailed, UnknownWorkflow, patch_marker, registry, step_definition
 from steps.models import CheckpointStatus
 
@@ -452,7 +453,7 @@ def replay(document: dict[str, Any]) -> ReplayReport:
     ctx = ReplayContext(document)
     report.argument_changes = ctx.argument_changes  # filled in as the replay goes
     try:
-        output = definition.fn(ctx, copy.deepcopy(run.get("input")))
+        output = call_workflow(definition.fn, ctx, copy.deepcopy(run.get("input")))
     except ReplayStop as stop:
         return _stopped(report, ctx, stop)
     except Exception as exc:

@@ -11,6 +11,9 @@
         receipt = ctx.step(charge, data["order_id"], data["cents"])
         ...
 
+Steps and workflows may be `async def` (`await ctx.step(charge, ...)`); runs.asyncflow
+drives async workflows, steps.eventloop runs async steps.
+
 This module knows nothing of the database; runs.engine executes what it declares.
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import inspect
 import signal
 import threading
 import time
@@ -11,6 +12,7 @@ from typing import Any
 
 from django.conf import settings
 
+from steps import eventloop
 from steps.retry import StepTimeout
 
 
@@ -39,11 +41,15 @@ def call_with_timeout(
     never checkpointed. The global maximum (not `own`) costs no thread per step there: a
     watchdog raises the interruption inside the step's thread, which reaches Python code
     but not a call blocked in C; that is killed with its process later (runs.liveness).
+    An `async def` step runs on the process's event loop (steps.eventloop), where its time
+    limit, own or global, cancels the coroutine.
     Either way a step that returns (or raises) after its time is recorded as timed out:
     swallowing the interruption does not save it.
     """
+    if inspect.iscoroutinefunction(fn):
+        return _call_async(fn(*args, **kwargs), seconds or None)
     if not seconds:
-        return fn(*args, **kwargs)
+        return _call_async(fn(*args, **kwargs), None)  # a coroutine returned by a wrapper
     started = time.monotonic()
     try:
         if threading.current_thread() is threading.main_thread():
@@ -59,6 +65,27 @@ def call_with_timeout(
             raise _timed_out(seconds) from None
         raise
     if time.monotonic() - started >= seconds:
+        raise _timed_out(seconds)
+    # A plain function that returned a coroutine (a wrapped async step): the rest of its time.
+    return _call_async(value, seconds - (time.monotonic() - started))
+
+
+def _call_async(value: Any, seconds: float | None) -> Any:
+    """Await a step's coroutine on the process's event loop, cancelled after `seconds`."""
+    if not inspect.iscoroutine(value):
+        return value
+    if seconds is None:
+        return eventloop.run(value, None)
+    started = time.monotonic()
+    try:
+        value = eventloop.run(value, max(seconds, 0.001))
+    except eventloop.Deadline:
+        raise _timed_out(seconds) from None
+    except Exception:
+        if time.monotonic() - started >= seconds:
+            raise _timed_out(seconds) from None
+        raise
+    if time.monotonic() - started >= seconds:  # it swallowed its cancellation and returned
         raise _timed_out(seconds)
     return value
 

@@ -60,6 +60,8 @@ class Command(BaseCommand):
             config = BenchConfig(
                 shapes=((50, 5), (6, 30)),
                 throughput_rounds=1,
+                async_shape=(40, 5),
+                async_rounds=1,
                 io_shape=(16, 3, 0.05),
                 floor_rows=400,
                 recovery_samples=2,
