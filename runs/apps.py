@@ -11,7 +11,7 @@ class RunsConfig(AppConfig):
 
     def __init__(self, app_name, app_module):
         super().__init__(app_name, app_module)
-        # Before any app's models are imported, so every settings.DURABLE_X read finds a
+        # Before any app's models are imported, so every read of a DURABLE_* setting finds a
         # value: a project sets only what differs from runs.conf's defaults.
         conf.apply_defaults(settings)
 

@@ -2,7 +2,7 @@
 
 A project that installs the apps sets only what differs from these defaults. RunsConfig
 applies them to django.conf.settings as the app registry starts, before any model is
-imported, so every `settings.DURABLE_X` read finds a value; at ready() `validate` refuses
+imported, so every read of a DURABLE_* setting finds a value; at ready() `validate` refuses
 a wrong type or range with ImproperlyConfigured naming the setting. The standalone project
 (config/settings.py) reads the same names from the environment and takes its defaults
 from here. Nothing here imports Django's settings: config/settings.py imports this module.
@@ -300,7 +300,8 @@ def check_project(app_configs=None, **kwargs) -> list:
     processors = {p for t in django_templates for p in t.get("OPTIONS", {}).get("context_processors", [])}
     errors += [
         checks.Error(
-            f"TEMPLATES' context_processors lack {name!r}, which the dashboard's pages use", id="runs.E003"
+            f"TEMPLATES: the context processors lack {name!r}, which the dashboard's pages use",
+            id="runs.E003",
         )
         for name in CONTEXT_PROCESSORS
         if name not in processors
