@@ -515,23 +515,8 @@ AGENTS_LLM_TIMEOUT = envfloat("AGENTS_LLM_TIMEOUT")
 AGENTS_LLM_MAX_ATTEMPTS = envint("AGENTS_LLM_MAX_ATTEMPTS")
 AGENTS_LLM_MAX_TOKENS = envint("AGENTS_LLM_MAX_TOKENS")
 
-# Estimated cost: US dollars per million input and output tokens, per model. A dated
-# snapshot ("gpt-4o-mini-2024-07-18") takes the price of the longest name it starts with.
+# Estimated cost per model: runs.conf.PRICES, and
 # AGENTS_PRICES_JSON='{"my-model": {"input": 1.0, "output": 2.0}}' adds or overrides entries.
-AGENTS_PRICES = {
-    "fake-1": {"input": 0.50, "output": 1.50},  # pretend prices, so offline demos show costs
-    "gpt-5": {"input": 1.25, "output": 10.00},
-    "gpt-5-mini": {"input": 0.25, "output": 2.00},
-    "gpt-5-nano": {"input": 0.05, "output": 0.40},
-    "gpt-4.1": {"input": 2.00, "output": 8.00},
-    "gpt-4.1-mini": {"input": 0.40, "output": 1.60},
-    "gpt-4.1-nano": {"input": 0.10, "output": 0.40},
-    "gpt-4o": {"input": 2.50, "output": 10.00},
-    "gpt-4o-mini": {"input": 0.15, "output": 0.60},
-    "claude-haiku-4-5": {"input": 1.00, "output": 5.00},
-    "claude-sonnet-4-5": {"input": 3.00, "output": 15.00},
-    "claude-opus-4-5": {"input": 5.00, "output": 25.00},
-}
 
 
 def _prices_from_env(name: str) -> dict:
@@ -554,7 +539,7 @@ def _prices_from_env(name: str) -> dict:
         ) from None
 
 
-AGENTS_PRICES.update(_prices_from_env("AGENTS_PRICES_JSON"))
+AGENTS_PRICES = {**conf.default("AGENTS_PRICES"), **_prices_from_env("AGENTS_PRICES_JSON")}
 
 # The offline fake model: seconds each reply takes, and the share of calls that fail
 # (deterministically per call and attempt) with one of the modes listed.

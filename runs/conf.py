@@ -21,6 +21,23 @@ FINISHED_STATUSES = ("succeeded", "failed", "dead", "cancelled")
 LLM_PROVIDERS = ("auto", "fake", "openai", "anthropic")
 FAKE_FAILURE_MODES = ("timeout", "rate_limit", "malformed")
 
+# Estimated cost of model calls: US dollars per million input and output tokens, per model.
+# A dated snapshot ("gpt-4o-mini-2024-07-18") takes the price of the longest name it starts with.
+PRICES = {
+    "fake-1": {"input": 0.50, "output": 1.50},  # pretend prices, so offline demos show costs
+    "gpt-5": {"input": 1.25, "output": 10.00},
+    "gpt-5-mini": {"input": 0.25, "output": 2.00},
+    "gpt-5-nano": {"input": 0.05, "output": 0.40},
+    "gpt-4.1": {"input": 2.00, "output": 8.00},
+    "gpt-4.1-mini": {"input": 0.40, "output": 1.60},
+    "gpt-4.1-nano": {"input": 0.10, "output": 0.40},
+    "gpt-4o": {"input": 2.50, "output": 10.00},
+    "gpt-4o-mini": {"input": 0.15, "output": 0.60},
+    "claude-haiku-4-5": {"input": 1.00, "output": 5.00},
+    "claude-sonnet-4-5": {"input": 3.00, "output": 15.00},
+    "claude-opus-4-5": {"input": 5.00, "output": 25.00},
+}
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -133,7 +150,7 @@ DEFAULTS: dict[str, Setting] = {
     "AGENTS_LLM_TIMEOUT": number(60.0, "seconds one model request may take", 0.1),
     "AGENTS_LLM_MAX_ATTEMPTS": whole(5, "attempts per model call", 1),
     "AGENTS_LLM_MAX_TOKENS": whole(1024, "most tokens a model reply may have", 1),
-    "AGENTS_PRICES": Setting({}, "US dollars per million input and output tokens, per model", "prices"),
+    "AGENTS_PRICES": Setting(PRICES, "US dollars per million input and output tokens, per model", "prices"),
     "AGENTS_FAKE_LATENCY": number(0.0, "seconds each fake reply takes"),
     "AGENTS_FAKE_FAILURE_RATE": number(0.0, "share of fake calls that fail", 0.0, 1.0),
     "AGENTS_FAKE_FAILURE_MODES": Setting(
