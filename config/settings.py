@@ -561,29 +561,15 @@ AGENTS_PAUSE_SECONDS = envfloat("AGENTS_PAUSE_SECONDS")
 
 # --- Operations (issue 6) ---------------------------------------------------------
 # The JSON API under /api/, the OpenAPI schema, /metrics, and scheduled pruning.
+# The API's authentication, throttles, renderer, parser and error handling are set on its
+# views (api.views.POLICY); these are DRF's defaults for anything else.
 REST_FRAMEWORK = {
-    # Token first: a request without credentials gets 401 and `WWW-Authenticate: Token`.
-    # Sessions let a signed-in operator follow the dashboard's export link.
-    "DEFAULT_AUTHENTICATION_CLASSES": [
-        "api.authentication.ThrottledTokenAuthentication",
-        "rest_framework.authentication.SessionAuthentication",
-    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    # Per user when signed in, per address otherwise; wrong tokens are throttled by the
-    # authentication class itself (api/authentication.py), before any of this.
-    "DEFAULT_THROTTLE_CLASSES": [
-        "rest_framework.throttling.AnonRateThrottle",
-        "rest_framework.throttling.UserRateThrottle",
-    ],
-    "DEFAULT_THROTTLE_RATES": {
-        "anon": os.environ.get("DURABLE_API_ANON_RATE", "60/min"),
-        "user": os.environ.get("DURABLE_API_USER_RATE", "1200/min"),
-    },
-    "DEFAULT_RENDERER_CLASSES": ["api.renderers.SafeJSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["api.parsers.StrictJSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "api.views.exception_handler",
 }
+# Requests per address without signing in, and per signed-in user.
+DURABLE_API_ANON_RATE = os.environ.get("DURABLE_API_ANON_RATE") or conf.default("DURABLE_API_ANON_RATE")
+DURABLE_API_USER_RATE = os.environ.get("DURABLE_API_USER_RATE") or conf.default("DURABLE_API_USER_RATE")
 SPECTACULAR_SETTINGS = {
     "TITLE": "Durable runs API",
     "DESCRIPTION": "Start, inspect, export and operate durable runs. Authenticate with "

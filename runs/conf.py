@@ -120,7 +120,11 @@ DEFAULTS: dict[str, Setting] = {
         None, "beat deletes provider calls older than this (None: kept for ever)", "duration"
     ),
     # --- the dashboard, the API, notifications
-    "DURABLE_REMEMBER_SECONDS": whole(14 * 24 * 3600, "session length when 'stay signed in' is ticked", 60),
+    "DURABLE_REMEMBER_SECONDS": whole(14 * 24 * 3600, "session length with 'stay signed in' ticked", 60),
+    "DURABLE_API_ANON_RATE": Setting(
+        "60/min", "API requests one address may make without signing in", "text"
+    ),
+    "DURABLE_API_USER_RATE": Setting("1200/min", "API requests one signed-in user may make", "text"),
     "DURABLE_TOKEN_FAILURE_LIMIT": whole(10, "wrong API tokens from one address per minute before 429", 1),
     "DURABLE_METRICS_TOKEN": Setting("", "bearer token that /metrics answers", "text"),
     "DURABLE_METRICS_ALLOWED_IPS": Setting([], "addresses or networks that /metrics answers", "names"),

@@ -94,7 +94,11 @@ user = get_user_model().objects.create_superuser("ops", "ops@example.com", "not-
 client = Client()
 client.force_login(user)
 listing, page = client.get("/ops/runs/"), client.get("/ops/runs/runs/%d/")
-print(json.dumps({"list": listing.status_code, "page": page.status_code, "html": listing.content.decode()}))
+api = client.get("/ops/runs/api/runs/%d/")
+print(json.dumps({
+    "list": listing.status_code, "page": page.status_code, "html": listing.content.decode(),
+    "api": api.status_code, "api_status": api.json().get("status"),
+}))
 """
 
 
@@ -170,9 +174,10 @@ def test_the_wheel_runs_the_example_project_from_a_fresh_virtualenv(tmp_path):
         log.close()
 
     answer = json.loads(
-        run([*manage, "shell", "-c", DASHBOARD % run_id], example, env).strip().splitlines()[-1]
+        run([*manage, "shell", "-c", DASHBOARD % (run_id, run_id)], example, env).strip().splitlines()[-1]
     )
     assert (answer["list"], answer["page"]) == (200, 200)
     assert f'href="/ops/runs/runs/{run_id}/"' in answer["html"]  # the run, linked under the prefix
     assert "/static/runs/htmx.min.js" in answer["html"]  # static files from the wheel
     assert "Back to the shop" in answer["html"]  # the example's own runs/base.html
+    assert (answer["api"], answer["api_status"]) == (200, "succeeded")  # the JSON API, same prefix
