@@ -6,7 +6,14 @@ from api import views
 app_name = "api"
 
 urlpatterns = [
-    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    # Read like the API, signed in, in any project: the schema lists the workflows.
+    path(
+        "schema/",
+        SpectacularAPIView.as_view(
+            permission_classes=[views.CanView], authentication_classes=views.POLICY["authentication_classes"]
+        ),
+        name="schema",
+    ),
     path("workflows/", views.workflows, name="workflows"),
     path("runs/", views.runs, name="runs"),
     path("runs/bulk/", views.runs_bulk, name="runs-bulk"),

@@ -12,18 +12,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.decorators import api_view, permission_classes
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from api.authentication import ThrottledTokenAuthentication
+from api.parsers import StrictJSONParser
+from api.renderers import SafeJSONRenderer
 from api.serializers import (
     ActionResultSerializer,
     BulkResultSerializer,
@@ -91,6 +97,47 @@ def exception_handler(exc, context):
     return drf_exception_handler(exc, context)
 
 
+# --- the API's own policy --------------------------------------------------------------
+# Set on every view rather than left to REST_FRAMEWORK's defaults, so that the API answers
+# the same in any project that installs it, whatever that project's DRF settings say for
+# its own APIs.
+
+
+class AnonThrottle(AnonRateThrottle):
+    def get_rate(self) -> str:
+        return settings.DURABLE_API_ANON_RATE
+
+
+class UserThrottle(UserRateThrottle):
+    def get_rate(self) -> str:
+        return settings.DURABLE_API_USER_RATE
+
+
+POLICY = {
+    # Token first: a request without credentials gets 401 and `WWW-Authenticate: Token`.
+    # Sessions let a signed-in operator follow the dashboard's export link.
+    "authentication_classes": [ThrottledTokenAuthentication, SessionAuthentication],
+    "renderer_classes": [SafeJSONRenderer],
+    "parser_classes": [StrictJSONParser],
+    # Per user when signed in, per address otherwise; wrong tokens are throttled by the
+    # authentication class itself, before any of this.
+    "throttle_classes": [AnonThrottle, UserThrottle],
+}
+
+
+def endpoint(methods: list[str]):
+    """DRF's @api_view with the API's policy and its exception handler."""
+
+    def decorator(func):
+        for name, classes in POLICY.items():
+            setattr(func, name, classes)  # as DRF's @authentication_classes etc. do
+        view = api_view(methods)(func)
+        view.cls.get_exception_handler = lambda self: exception_handler
+        return view
+
+    return decorator
+
+
 def find_run(run_id: int) -> Run:
     try:
         return Run.objects.get(pk=run_id)
@@ -132,7 +179,7 @@ ACTION_ERRORS = {
     summary="Registered workflows",
     responses={200: WorkflowSerializer(many=True), **READ_ERRORS},
 )
-@api_view(["GET"])
+@endpoint(["GET"])
 @permission_classes([CanView])
 def workflows(request: Request) -> Response:
     rows = []
@@ -163,7 +210,7 @@ def workflows(request: Request) -> Response:
     request=StartRunSerializer,
     responses={201: RunSerializer, 200: RunSerializer, 400: INVALID, 409: ERROR, **READ_ERRORS},
 )
-@api_view(["GET", "POST"])
+@endpoint(["GET", "POST"])
 @permission_classes([CanViewOrStart])
 def runs(request: Request) -> Response:
     return start_run(request) if request.method == "POST" else list_runs(request)
@@ -241,7 +288,7 @@ def run_history(run: Run) -> History:
     summary="A run with its steps, attempts and signals",
     responses={200: RunDetailSerializer, **RUN_ERRORS},
 )
-@api_view(["GET"])
+@endpoint(["GET"])
 @permission_classes([CanView])
 def run_detail(request: Request, run_id: int) -> Response:
     run = find_run(run_id)
@@ -255,7 +302,7 @@ def run_detail(request: Request, run_id: int) -> Response:
     "workflow name and code version. Replay it locally with `manage.py runs replay FILE`.",
     responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="The export."), **RUN_ERRORS},
 )
-@api_view(["GET"])
+@endpoint(["GET"])
 @permission_classes([CanView])
 def run_export(request: Request, run_id: int) -> Response:
     run = find_run(run_id)
@@ -284,7 +331,7 @@ ACTION = {200: ActionResultSerializer, **ACTION_ERRORS}
     request=ReasonSerializer,
     responses=ACTION,
 )
-@api_view(["POST"])
+@endpoint(["POST"])
 @permission_classes([CanOperate])
 def run_resume(request: Request, run_id: int) -> Response:
     run = find_run(run_id)
@@ -302,7 +349,7 @@ def run_resume(request: Request, run_id: int) -> Response:
     request=RetrySerializer,
     responses=ACTION,
 )
-@api_view(["POST"])
+@endpoint(["POST"])
 @permission_classes([CanOperate])
 def run_retry(request: Request, run_id: int) -> Response:
     run = find_run(run_id)
@@ -324,7 +371,7 @@ def run_retry(request: Request, run_id: int) -> Response:
     request=ReasonSerializer,
     responses=ACTION,
 )
-@api_view(["POST"])
+@endpoint(["POST"])
 @permission_classes([CanOperate])
 def run_cancel(request: Request, run_id: int) -> Response:
     run = find_run(run_id)
@@ -339,7 +386,7 @@ def run_cancel(request: Request, run_id: int) -> Response:
     request=ReasonSerializer,
     responses=ACTION,
 )
-@api_view(["POST"])
+@endpoint(["POST"])
 @permission_classes([CanOperate])
 def run_terminate(request: Request, run_id: int) -> Response:
     run = find_run(run_id)
@@ -355,7 +402,7 @@ def run_terminate(request: Request, run_id: int) -> Response:
     request=SignalRequestSerializer,
     responses=ACTION,
 )
-@api_view(["POST"])
+@endpoint(["POST"])
 @permission_classes([CanOperate])
 def run_signal(request: Request, run_id: int) -> Response:
     run = find_run(run_id)
@@ -372,7 +419,7 @@ def run_signal(request: Request, run_id: int) -> Response:
     request=EditSerializer,
     responses=ACTION,
 )
-@api_view(["POST"])
+@endpoint(["POST"])
 @permission_classes([CanOperate])
 def run_edit(request: Request, run_id: int) -> Response:
     run = find_run(run_id)
@@ -392,7 +439,7 @@ def run_edit(request: Request, run_id: int) -> Response:
     request=EditSerializer,
     responses=ACTION,
 )
-@api_view(["POST"])
+@endpoint(["POST"])
 @permission_classes([CanOperate])
 def run_edit_and_continue(request: Request, run_id: int) -> Response:
     run = find_run(run_id)
@@ -413,7 +460,7 @@ def run_edit_and_continue(request: Request, run_id: int) -> Response:
     request=ReasonSerializer,
     responses=ACTION,
 )
-@api_view(["POST"])
+@endpoint(["POST"])
 @permission_classes([CanOperate])
 def run_retry_now(request: Request, run_id: int) -> Response:
     run = find_run(run_id)
@@ -434,7 +481,7 @@ def run_retry_now(request: Request, run_id: int) -> Response:
     request=BulkSerializer,
     responses={200: BulkResultSerializer, 400: INVALID, 409: ERROR, **READ_ERRORS},
 )
-@api_view(["POST"])
+@endpoint(["POST"])
 @permission_classes([CanOperate])
 def runs_bulk(request: Request) -> Response:
     data = valid(BulkSerializer, request.data)

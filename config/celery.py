@@ -2,12 +2,11 @@ import os
 
 from celery import Celery
 
-from runs.bootsteps import LivenessSupervisor, PromptChildLossReports
+import runs.celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("durable")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+runs.celery.configure(app)
 app.autodiscover_tasks()
-app.steps["worker"].add(PromptChildLossReports)
-app.steps["worker"].add(LivenessSupervisor)

@@ -14,12 +14,26 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from runs import conf
+from runs.broker import transport_options
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("DURABLE_VAR_DIR", BASE_DIR / "var"))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 
-def envbool(name: str, default: bool) -> bool:
+def from_conf(name: str, default, minimum, floor):
+    """DURABLE_* and AGENTS_* settings take their defaults and minimums from runs.conf."""
+    spec = conf.DEFAULTS.get(name)
+    if default is None and spec is not None:
+        default = conf.default(name)
+    if minimum is None:
+        minimum = spec.minimum if spec is not None and spec.minimum is not None else floor
+    return default, minimum
+
+
+def envbool(name: str, default: bool | None = None) -> bool:
+    default, _ = from_conf(name, default, None, None)
     value = os.environ.get(name)
     if value is None or value == "":
         return default
@@ -30,7 +44,8 @@ def envbool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name}={value!r} is not a boolean (use true or false)")
 
 
-def envint(name: str, default: int, minimum: int = 0) -> int:
+def envint(name: str, default: int | None = None, minimum: int | None = None) -> int:
+    default, minimum = from_conf(name, default, minimum, 0)
     value = os.environ.get(name)
     if value is None or value == "":
         return default
@@ -43,7 +58,8 @@ def envint(name: str, default: int, minimum: int = 0) -> int:
     return number
 
 
-def envfloat(name: str, default: float, minimum: float = 0.0) -> float:
+def envfloat(name: str, default: float | None = None, minimum: float | None = None) -> float:
+    default, minimum = from_conf(name, default, minimum, 0.0)
     value = os.environ.get(name)
     if value is None or value == "":
         return default
@@ -56,7 +72,8 @@ def envfloat(name: str, default: float, minimum: float = 0.0) -> float:
     return number
 
 
-def envlist(name: str, default: list[str]) -> list[str]:
+def envlist(name: str, default: list[str] | None = None) -> list[str]:
+    default, _ = from_conf(name, default, None, None)
     value = os.environ.get(name)
     if value is None or value.strip() == "":
         return default
@@ -178,7 +195,7 @@ SECURE_REDIRECT_EXEMPT = [r"^metrics$"]
 # ticks "stay signed in" at login (runs.accounts): then they last 14 days.
 SESSION_COOKIE_AGE = envint("DURABLE_SESSION_SECONDS", 12 * 3600, minimum=60)
 SESSION_EXPIRE_AT_BROWSER_CLOSE = True
-DURABLE_REMEMBER_SECONDS = envint("DURABLE_REMEMBER_SECONDS", 14 * 24 * 3600, minimum=60)
+DURABLE_REMEMBER_SECONDS = envint("DURABLE_REMEMBER_SECONDS")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -284,7 +301,7 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 # Wrong API tokens from one address within a minute before its token requests get 429.
-DURABLE_TOKEN_FAILURE_LIMIT = envint("DURABLE_TOKEN_FAILURE_LIMIT", 10, minimum=1)
+DURABLE_TOKEN_FAILURE_LIMIT = envint("DURABLE_TOKEN_FAILURE_LIMIT")
 
 # Mail, for password resets: without EMAIL_HOST there is no way to deliver a reset link,
 # so the reset pages are not served at all (config/urls.py).
@@ -314,7 +331,6 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = VAR_DIR / "staticfiles"
 STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise warns on every request until collectstatic has run
 
@@ -373,23 +389,16 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
 if CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT = "runs.broker:Transport"  # writes each message atomically
     BROKER_DIR = Path(os.environ.get("DURABLE_BROKER_DIR", VAR_DIR / "broker"))
-    BROKER_DIR.mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(BROKER_DIR),
-        "data_folder_out": str(BROKER_DIR),
-        "control_folder": str(BROKER_DIR / "control"),
-        "store_processed": False,
-        "polling_interval": 0.1,
-    }
+    CELERY_BROKER_TRANSPORT_OPTIONS = transport_options(BROKER_DIR)
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # The queue that runs and the sweep use unless a workflow names another.
-CELERY_TASK_DEFAULT_QUEUE = os.environ.get("DURABLE_QUEUE", "durable")
+DURABLE_QUEUE = CELERY_TASK_DEFAULT_QUEUE = os.environ.get("DURABLE_QUEUE") or conf.default("DURABLE_QUEUE")
 # The queues workers consume (`celery worker -Q` lists them): starting a run on any other
 # queue is refused, since no worker would ever answer its doorbell.
-DURABLE_QUEUES = envlist("DURABLE_QUEUES", [CELERY_TASK_DEFAULT_QUEUE])
+DURABLE_QUEUES = envlist("DURABLE_QUEUES", [DURABLE_QUEUE])
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # How long the pool waits for a result from a child that died before it reports the
@@ -403,16 +412,14 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # --- Durable runtime ----------------------------------------------------------
 # How often each worker process proves it is alive, and how long its silence
 # must last before its runs count as orphaned and are dispatched again.
-DURABLE_HEARTBEAT_INTERVAL = envfloat("DURABLE_HEARTBEAT_INTERVAL", 0.5, minimum=0.05)
-DURABLE_LEASE_TIMEOUT = envfloat("DURABLE_LEASE_TIMEOUT", 2.0, minimum=0.1)
-if DURABLE_LEASE_TIMEOUT <= DURABLE_HEARTBEAT_INTERVAL:
-    raise ImproperlyConfigured("DURABLE_LEASE_TIMEOUT must be longer than DURABLE_HEARTBEAT_INTERVAL")
+DURABLE_HEARTBEAT_INTERVAL = envfloat("DURABLE_HEARTBEAT_INTERVAL")
+DURABLE_LEASE_TIMEOUT = envfloat("DURABLE_LEASE_TIMEOUT")
 # How often celery beat runs the sweep (lapsed leases, due wake-ups, lost messages).
-DURABLE_SWEEP_INTERVAL = envfloat("DURABLE_SWEEP_INTERVAL", 0.5, minimum=0.05)
+DURABLE_SWEEP_INTERVAL = envfloat("DURABLE_SWEEP_INTERVAL")
 # A pending run whose doorbell has not been answered after this long is rung again.
-DURABLE_REDISPATCH_AFTER = envfloat("DURABLE_REDISPATCH_AFTER", 15.0, minimum=0.1)
+DURABLE_REDISPATCH_AFTER = envfloat("DURABLE_REDISPATCH_AFTER")
 # After this many crash recoveries a run is dead-lettered for an operator.
-DURABLE_MAX_RECOVERIES = envint("DURABLE_MAX_RECOVERIES", 5, minimum=1)
+DURABLE_MAX_RECOVERIES = envint("DURABLE_MAX_RECOVERIES")
 
 
 def envlimits(name: str, parse) -> dict:
@@ -455,100 +462,61 @@ DURABLE_WORKFLOW_MODULES = envlist("DURABLE_WORKFLOW_MODULES", ["agents.demos"])
 # refused beyond this many bytes of text, and every stored JSON value beyond this many
 # levels of nested arrays and objects (runs.jsoninput). Past ~200 levels Python's own
 # encoder and decoder recurse too deep to be safe, so the limit stops there.
-DURABLE_JSON_MAX_BYTES = envint("DURABLE_JSON_MAX_BYTES", 1024 * 1024, minimum=1)
-DURABLE_JSON_MAX_DEPTH = envint("DURABLE_JSON_MAX_DEPTH", 64, minimum=1)
-if DURABLE_JSON_MAX_DEPTH > 200:
-    raise ImproperlyConfigured("DURABLE_JSON_MAX_DEPTH must be at most 200")
+DURABLE_JSON_MAX_BYTES = envint("DURABLE_JSON_MAX_BYTES")
+DURABLE_JSON_MAX_DEPTH = envint("DURABLE_JSON_MAX_DEPTH")
 # A step's arguments are kept on its checkpoint up to this many bytes of JSON; larger
 # ones keep only their digest, enough for `runs check` to see that they changed.
-DURABLE_STEP_INPUT_BYTES = envint("DURABLE_STEP_INPUT_BYTES", 16 * 1024, minimum=0)
+DURABLE_STEP_INPUT_BYTES = envint("DURABLE_STEP_INPUT_BYTES")
 
-# The sweep runs in every worker's main process (runs.liveness), where a queue full of long
-# runs cannot delay it; beat only schedules upkeep such as pruning.
-CELERY_BEAT_SCHEDULE: dict = {}
 # Beat looks every so often for runs to notify about (notifications.models), among those
 # that changed in the last DURABLE_NOTIFY_LOOKBACK_HOURS; links in notifications start with
 # DURABLE_BASE_URL (e.g. https://runs.example.com).
-DURABLE_NOTIFY_POLL_SECONDS = envfloat("DURABLE_NOTIFY_POLL_SECONDS", 10.0, minimum=0.1)
-DURABLE_NOTIFY_LOOKBACK_HOURS = envfloat("DURABLE_NOTIFY_LOOKBACK_HOURS", 24.0, minimum=0.01)
+DURABLE_NOTIFY_POLL_SECONDS = envfloat("DURABLE_NOTIFY_POLL_SECONDS")
+DURABLE_NOTIFY_LOOKBACK_HOURS = envfloat("DURABLE_NOTIFY_LOOKBACK_HOURS")
 DURABLE_BASE_URL = os.environ.get("DURABLE_BASE_URL", "")
-CELERY_BEAT_SCHEDULE["durable-notifications"] = {
-    "task": "notifications.scan",
-    "schedule": DURABLE_NOTIFY_POLL_SECONDS,
-    "options": {"expires": DURABLE_NOTIFY_POLL_SECONDS},
-}
 # Beat asks every so often which schedules (schedules.models) have a tick due.
-DURABLE_SCHEDULE_POLL_SECONDS = envfloat("DURABLE_SCHEDULE_POLL_SECONDS", 10.0, minimum=0.1)
-CELERY_BEAT_SCHEDULE["durable-schedules"] = {
-    "task": "schedules.fire_due",
-    "schedule": DURABLE_SCHEDULE_POLL_SECONDS,
-    # A call that could not start before the next one is due is dropped: the next one fires it.
-    "options": {"expires": DURABLE_SCHEDULE_POLL_SECONDS},
-}
+DURABLE_SCHEDULE_POLL_SECONDS = envfloat("DURABLE_SCHEDULE_POLL_SECONDS")
 # Tests that drive the engine in-process turn the heartbeat thread off.
-DURABLE_HEARTBEAT_THREAD = envbool("DURABLE_HEARTBEAT_THREAD", True)
+DURABLE_HEARTBEAT_THREAD = envbool("DURABLE_HEARTBEAT_THREAD")
 # The longest a step may run when it sets no timeout of its own (0: no limit). Past it the
 # attempt is interrupted and fails with StepTimeout; a step stuck in C code that ignores
 # the interruption has its pool process killed DURABLE_KILL_GRACE later (runs.liveness).
-DURABLE_MAX_STEP_SECONDS = envfloat("DURABLE_MAX_STEP_SECONDS", 3600.0, minimum=0)
-DURABLE_KILL_GRACE = envfloat("DURABLE_KILL_GRACE", 30.0, minimum=0)
+DURABLE_MAX_STEP_SECONDS = envfloat("DURABLE_MAX_STEP_SECONDS")
+DURABLE_KILL_GRACE = envfloat("DURABLE_KILL_GRACE")
 # How long one delivery executes a run before handing it back to the queue at a step
 # boundary: below Redis's visibility timeout (1 h) and RabbitMQ's consumer timeout (30 min).
 # A run pinned to a workflow version this worker does not register waits this long before
 # it is dispatched again on its queue, for a worker that still has that version.
-DURABLE_PINNED_RETRY_SECONDS = envfloat("DURABLE_PINNED_RETRY_SECONDS", 60.0, minimum=0.1)
-DURABLE_DELIVERY_SECONDS = envfloat("DURABLE_DELIVERY_SECONDS", 300.0, minimum=0.01)
+DURABLE_PINNED_RETRY_SECONDS = envfloat("DURABLE_PINNED_RETRY_SECONDS")
+DURABLE_DELIVERY_SECONDS = envfloat("DURABLE_DELIVERY_SECONDS")
 # How many runs one prefork pool process executes at once, each on a thread of its own, with
 # their checkpoints committed together (runs.executor); 1 executes one run at a time in the
 # pool process itself, as it always does on the embedded broker. Each thread keeps a
 # database connection: mind PostgreSQL's max_connections (workers x pool processes x this).
-DURABLE_RUNS_PER_PROCESS = envint("DURABLE_RUNS_PER_PROCESS", 8, minimum=1)
+DURABLE_RUNS_PER_PROCESS = envint("DURABLE_RUNS_PER_PROCESS")
 # Maintenance (sweep, recoveries, wake-ups) never waits on a row lock longer than this.
-DURABLE_MAINTENANCE_LOCK_TIMEOUT = envfloat("DURABLE_MAINTENANCE_LOCK_TIMEOUT", 0.2, minimum=0.001)
-DURABLE_MAINTENANCE_STATEMENT_TIMEOUT = envfloat("DURABLE_MAINTENANCE_STATEMENT_TIMEOUT", 10.0, minimum=0.01)
+DURABLE_MAINTENANCE_LOCK_TIMEOUT = envfloat("DURABLE_MAINTENANCE_LOCK_TIMEOUT")
+DURABLE_MAINTENANCE_STATEMENT_TIMEOUT = envfloat("DURABLE_MAINTENANCE_STATEMENT_TIMEOUT")
 
 
 # --- Agents (issue 4) -----------------------------------------------------------
 # LLM provider for agent steps: "fake" (offline, deterministic), "openai",
 # "anthropic", or "auto" (OpenAI if its key is set, else Anthropic, else fake).
 AGENTS_LLM_PROVIDER = os.environ.get("AGENTS_LLM_PROVIDER", "auto").strip().lower() or "auto"
-if AGENTS_LLM_PROVIDER not in ("auto", "fake", "openai", "anthropic"):
-    raise ImproperlyConfigured(
-        f"AGENTS_LLM_PROVIDER={AGENTS_LLM_PROVIDER!r}: use auto, fake, openai or anthropic"
-    )
 OPENAI_API_KEY = os.environ.get("OPENAI_API_KEY", "")
 ANTHROPIC_API_KEY = os.environ.get("ANTHROPIC_API_KEY", "")
-if AGENTS_LLM_PROVIDER == "openai" and not OPENAI_API_KEY:
-    raise ImproperlyConfigured("AGENTS_LLM_PROVIDER=openai needs OPENAI_API_KEY")
-if AGENTS_LLM_PROVIDER == "anthropic" and not ANTHROPIC_API_KEY:
-    raise ImproperlyConfigured("AGENTS_LLM_PROVIDER=anthropic needs ANTHROPIC_API_KEY")
 # Default model per provider, when a workflow names none.
 AGENTS_FAKE_MODEL = os.environ.get("AGENTS_FAKE_MODEL", "fake-1")
 AGENTS_OPENAI_MODEL = os.environ.get("AGENTS_OPENAI_MODEL", "gpt-5-mini")
 AGENTS_ANTHROPIC_MODEL = os.environ.get("AGENTS_ANTHROPIC_MODEL", "claude-haiku-4-5")
 # Seconds one model request may take; the step's hard timeout is a little longer.
-AGENTS_LLM_TIMEOUT = envfloat("AGENTS_LLM_TIMEOUT", 60.0, minimum=0.1)
+AGENTS_LLM_TIMEOUT = envfloat("AGENTS_LLM_TIMEOUT")
 # Attempts per model call (rate limits, timeouts, malformed output); auth errors get one.
-AGENTS_LLM_MAX_ATTEMPTS = envint("AGENTS_LLM_MAX_ATTEMPTS", 5, minimum=1)
-AGENTS_LLM_MAX_TOKENS = envint("AGENTS_LLM_MAX_TOKENS", 1024, minimum=1)
+AGENTS_LLM_MAX_ATTEMPTS = envint("AGENTS_LLM_MAX_ATTEMPTS")
+AGENTS_LLM_MAX_TOKENS = envint("AGENTS_LLM_MAX_TOKENS")
 
-# Estimated cost: US dollars per million input and output tokens, per model. A dated
-# snapshot ("gpt-4o-mini-2024-07-18") takes the price of the longest name it starts with.
+# Estimated cost per model: runs.conf.PRICES, and
 # AGENTS_PRICES_JSON='{"my-model": {"input": 1.0, "output": 2.0}}' adds or overrides entries.
-AGENTS_PRICES = {
-    "fake-1": {"input": 0.50, "output": 1.50},  # pretend prices, so offline demos show costs
-    "gpt-5": {"input": 1.25, "output": 10.00},
-    "gpt-5-mini": {"input": 0.25, "output": 2.00},
-    "gpt-5-nano": {"input": 0.05, "output": 0.40},
-    "gpt-4.1": {"input": 2.00, "output": 8.00},
-    "gpt-4.1-mini": {"input": 0.40, "output": 1.60},
-    "gpt-4.1-nano": {"input": 0.10, "output": 0.40},
-    "gpt-4o": {"input": 2.50, "output": 10.00},
-    "gpt-4o-mini": {"input": 0.15, "output": 0.60},
-    "claude-haiku-4-5": {"input": 1.00, "output": 5.00},
-    "claude-sonnet-4-5": {"input": 3.00, "output": 15.00},
-    "claude-opus-4-5": {"input": 5.00, "output": 25.00},
-}
 
 
 def _prices_from_env(name: str) -> dict:
@@ -571,57 +539,37 @@ def _prices_from_env(name: str) -> dict:
         ) from None
 
 
-AGENTS_PRICES.update(_prices_from_env("AGENTS_PRICES_JSON"))
+AGENTS_PRICES = {**conf.default("AGENTS_PRICES"), **_prices_from_env("AGENTS_PRICES_JSON")}
 
 # The offline fake model: seconds each reply takes, and the share of calls that fail
 # (deterministically per call and attempt) with one of the modes listed.
-AGENTS_FAKE_LATENCY = envfloat("AGENTS_FAKE_LATENCY", 0.0)
-AGENTS_FAKE_FAILURE_RATE = envfloat("AGENTS_FAKE_FAILURE_RATE", 0.0)
-AGENTS_FAKE_FAILURE_MODES = envlist("AGENTS_FAKE_FAILURE_MODES", ["timeout", "rate_limit", "malformed"])
-if AGENTS_FAKE_FAILURE_RATE > 1:
-    raise ImproperlyConfigured("AGENTS_FAKE_FAILURE_RATE is a fraction between 0 and 1")
-if set(AGENTS_FAKE_FAILURE_MODES) - {"timeout", "rate_limit", "malformed"}:
-    raise ImproperlyConfigured("AGENTS_FAKE_FAILURE_MODES: use timeout, rate_limit and/or malformed")
+AGENTS_FAKE_LATENCY = envfloat("AGENTS_FAKE_LATENCY")
+AGENTS_FAKE_FAILURE_RATE = envfloat("AGENTS_FAKE_FAILURE_RATE")
+AGENTS_FAKE_FAILURE_MODES = envlist("AGENTS_FAKE_FAILURE_MODES")
 
 # Fault injection for the demo agents' simulated payment API: the share of requests
 # that time out (half of them after the payment went through), and how many requests
 # per idempotency key time out (after paying) before one is answered.
-AGENTS_PAYMENT_FAILURE_RATE = envfloat("AGENTS_PAYMENT_FAILURE_RATE", 0.3)
-AGENTS_PAYMENT_TIMEOUTS_PER_KEY = envint("AGENTS_PAYMENT_TIMEOUTS_PER_KEY", 0)
-if AGENTS_PAYMENT_FAILURE_RATE > 1:
-    raise ImproperlyConfigured("AGENTS_PAYMENT_FAILURE_RATE is a fraction between 0 and 1")
+AGENTS_PAYMENT_FAILURE_RATE = envfloat("AGENTS_PAYMENT_FAILURE_RATE")
+AGENTS_PAYMENT_TIMEOUTS_PER_KEY = envint("AGENTS_PAYMENT_TIMEOUTS_PER_KEY")
 # Crash the worker (SIGKILL itself) when a demo run reaches step N, once per run;
 # or pause there for AGENTS_PAUSE_SECONDS, once per run, so a test can kill it. -1: off.
-AGENTS_CRASH_AT_STEP = envint("AGENTS_CRASH_AT_STEP", -1, minimum=-1)
-AGENTS_PAUSE_AT_STEP = envint("AGENTS_PAUSE_AT_STEP", -1, minimum=-1)
-AGENTS_PAUSE_SECONDS = envfloat("AGENTS_PAUSE_SECONDS", 60.0)
+AGENTS_CRASH_AT_STEP = envint("AGENTS_CRASH_AT_STEP")
+AGENTS_PAUSE_AT_STEP = envint("AGENTS_PAUSE_AT_STEP")
+AGENTS_PAUSE_SECONDS = envfloat("AGENTS_PAUSE_SECONDS")
 
 
 # --- Operations (issue 6) ---------------------------------------------------------
 # The JSON API under /api/, the OpenAPI schema, /metrics, and scheduled pruning.
+# The API's authentication, throttles, renderer, parser and error handling are set on its
+# views (api.views.POLICY); these are DRF's defaults for anything else.
 REST_FRAMEWORK = {
-    # Token first: a request without credentials gets 401 and `WWW-Authenticate: Token`.
-    # Sessions let a signed-in operator follow the dashboard's export link.
-    "DEFAULT_AUTHENTICATION_CLASSES": [
-        "api.authentication.ThrottledTokenAuthentication",
-        "rest_framework.authentication.SessionAuthentication",
-    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    # Per user when signed in, per address otherwise; wrong tokens are throttled by the
-    # authentication class itself (api/authentication.py), before any of this.
-    "DEFAULT_THROTTLE_CLASSES": [
-        "rest_framework.throttling.AnonRateThrottle",
-        "rest_framework.throttling.UserRateThrottle",
-    ],
-    "DEFAULT_THROTTLE_RATES": {
-        "anon": os.environ.get("DURABLE_API_ANON_RATE", "60/min"),
-        "user": os.environ.get("DURABLE_API_USER_RATE", "1200/min"),
-    },
-    "DEFAULT_RENDERER_CLASSES": ["api.renderers.SafeJSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["api.parsers.StrictJSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "api.views.exception_handler",
 }
+# Requests per address without signing in, and per signed-in user.
+DURABLE_API_ANON_RATE = os.environ.get("DURABLE_API_ANON_RATE") or conf.default("DURABLE_API_ANON_RATE")
+DURABLE_API_USER_RATE = os.environ.get("DURABLE_API_USER_RATE") or conf.default("DURABLE_API_USER_RATE")
 SPECTACULAR_SETTINGS = {
     "TITLE": "Durable runs API",
     "DESCRIPTION": "Start, inspect, export and operate durable runs. Authenticate with "
@@ -674,13 +622,13 @@ DURABLE_METRICS_ALLOWED_IPS = envnetworks("DURABLE_METRICS_ALLOWED_IPS")
 # Error messages and model calls are stored with every secret they contain replaced by
 # [redacted] (runs.redaction): API keys, tokens, Authorization headers, the values of the
 # secret settings above, and these values (comma-separated), e.g. a payment API's key.
-DURABLE_REDACT_VALUES = envlist("DURABLE_REDACT_VALUES", [])
+DURABLE_REDACT_VALUES = envlist("DURABLE_REDACT_VALUES")
 # A scrape within this many seconds of the last one is answered from memory.
-DURABLE_METRICS_CACHE_SECONDS = envfloat("DURABLE_METRICS_CACHE_SECONDS", 10.0)
+DURABLE_METRICS_CACHE_SECONDS = envfloat("DURABLE_METRICS_CACHE_SECONDS")
 # Counters add up rows newer than their stored totals on each scrape; rows this old are
 # added to the totals (api/tallies.py). Keep it above the longest a transaction that
 # writes steps stays open (DURABLE_DB_IDLE_IN_TRANSACTION_TIMEOUT ends idle ones).
-DURABLE_METRICS_SETTLE_SECONDS = envfloat("DURABLE_METRICS_SETTLE_SECONDS", 60.0, minimum=0)
+DURABLE_METRICS_SETTLE_SECONDS = envfloat("DURABLE_METRICS_SETTLE_SECONDS")
 
 # Scheduled pruning: with DURABLE_PRUNE_OLDER_THAN set (e.g. 30d), beat deletes finished
 # runs of DURABLE_PRUNE_STATUSES older than that every DURABLE_PRUNE_INTERVAL,
@@ -688,36 +636,20 @@ DURABLE_METRICS_SETTLE_SECONDS = envfloat("DURABLE_METRICS_SETTLE_SECONDS", 60.0
 # automatically. Failed and dead runs wait for an operator: they go only when listed.
 DURABLE_PRUNE_OLDER_THAN = envduration("DURABLE_PRUNE_OLDER_THAN", None)
 DURABLE_PRUNE_INTERVAL = envduration("DURABLE_PRUNE_INTERVAL", timedelta(hours=1))
-DURABLE_PRUNE_STATUSES = envlist("DURABLE_PRUNE_STATUSES", ["succeeded", "cancelled"])
-if set(DURABLE_PRUNE_STATUSES) - {"succeeded", "failed", "dead", "cancelled"}:
-    raise ImproperlyConfigured(
-        "DURABLE_PRUNE_STATUSES: only finished statuses (succeeded, failed, dead, cancelled) can be pruned"
-    )
-DURABLE_PRUNE_BATCH_SIZE = envint("DURABLE_PRUNE_BATCH_SIZE", 500, minimum=1)
-if DURABLE_PRUNE_OLDER_THAN is not None:
-    if not DURABLE_PRUNE_INTERVAL:
-        raise ImproperlyConfigured("DURABLE_PRUNE_INTERVAL must be longer than zero")
-    CELERY_BEAT_SCHEDULE["durable-prune"] = {
-        "task": "runs.prune",
-        "schedule": DURABLE_PRUNE_INTERVAL,
-        # A prune that could not start before the next one is due is dropped.
-        "options": {"expires": DURABLE_PRUNE_INTERVAL.total_seconds()},
-    }
+DURABLE_PRUNE_STATUSES = envlist("DURABLE_PRUNE_STATUSES")
+DURABLE_PRUNE_BATCH_SIZE = envint("DURABLE_PRUNE_BATCH_SIZE")
 
 # Billing retention: provider calls (agents.ProviderCall, what the providers bill) outlive
 # their runs. With DURABLE_BILLING_RETENTION set (e.g. 400d), beat deletes calls older than
 # that every DURABLE_PRUNE_INTERVAL. Unset: they are kept for ever.
 DURABLE_BILLING_RETENTION = envduration("DURABLE_BILLING_RETENTION", None)
-if DURABLE_BILLING_RETENTION is not None:
-    if DURABLE_PRUNE_OLDER_THAN is not None and DURABLE_BILLING_RETENTION < DURABLE_PRUNE_OLDER_THAN:
-        raise ImproperlyConfigured(
-            "DURABLE_BILLING_RETENTION must be at least DURABLE_PRUNE_OLDER_THAN: "
-            "runs still shown would lose their cost"
-        )
-    if not DURABLE_PRUNE_INTERVAL:
-        raise ImproperlyConfigured("DURABLE_PRUNE_INTERVAL must be longer than zero")
-    CELERY_BEAT_SCHEDULE["durable-prune-billing"] = {
-        "task": "agents.prune_billing",
-        "schedule": DURABLE_PRUNE_INTERVAL,
-        "options": {"expires": DURABLE_PRUNE_INTERVAL.total_seconds()},
-    }
+
+# The sweep runs in every worker's main process (runs.liveness), where a queue full of long
+# runs cannot delay it; beat only schedules upkeep: notifications, schedules, and pruning
+# when it is asked for (runs.conf.beat_schedule; the rules on these settings are there too).
+CELERY_BEAT_SCHEDULE = conf.beat_schedule(
+    notify_every=DURABLE_NOTIFY_POLL_SECONDS,
+    schedules_every=DURABLE_SCHEDULE_POLL_SECONDS,
+    prune_every=DURABLE_PRUNE_INTERVAL if DURABLE_PRUNE_OLDER_THAN is not None else None,
+    prune_billing_every=DURABLE_PRUNE_INTERVAL if DURABLE_BILLING_RETENTION is not None else None,
+)

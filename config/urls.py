@@ -27,10 +27,6 @@ if settings.EMAIL_HOST:
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include(accounts)),
-    # The JSON API (issue 6) mounts itself here.
-    path("api/", include("api.urls")),
-    path("metrics", include("api.metrics_urls")),
-    path("schedules/", include("schedules.urls")),
-    path("notifications/", include("notifications.urls")),
-    path("", include("runs.urls")),
+    # The dashboard, the JSON API and /metrics, as a project that installs them mounts them.
+    path("", include("runs.site_urls")),
 ]

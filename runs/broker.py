@@ -57,3 +57,17 @@ class Channel(filesystem.Channel):
 
 class Transport(filesystem.Transport):
     Channel = Channel
+
+
+def transport_options(folder: Path | str) -> dict:
+    """CELERY_BROKER_TRANSPORT_OPTIONS for this transport (CELERY_BROKER_URL="filesystem://",
+    CELERY_BROKER_TRANSPORT="runs.broker:Transport") keeping its messages in `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return {
+        "data_folder_in": str(folder),
+        "data_folder_out": str(folder),
+        "control_folder": str(folder / "control"),
+        "store_processed": False,
+        "polling_interval": 0.1,
+    }

@@ -182,6 +182,7 @@ def in_pool_process() -> bool:
     while idle would keep it for ever. Idle is where a pool process spends its time when
     its threads execute the runs, so there each executes one run at a time, itself.
     """
+    from runs.celery import embedded_broker
     from runs.liveness import SUPERVISOR_ENV
 
     supervisor = os.environ.get(SUPERVISOR_ENV, "")
@@ -189,7 +190,7 @@ def in_pool_process() -> bool:
         settings.DURABLE_RUNS_PER_PROCESS > 1
         and bool(supervisor)
         and supervisor.split(":")[1] != str(os.getpid())  # the solo pool executes in the supervisor
-        and not settings.CELERY_BROKER_URL.startswith("filesystem://")
+        and not embedded_broker()
     )
 
 

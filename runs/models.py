@@ -186,7 +186,7 @@ class RunQuerySet(models.QuerySet):
         from runs.workflow import registry
 
         definition = registry.get(workflow)
-        queue = check_queue(queue or definition.queue or settings.CELERY_TASK_DEFAULT_QUEUE)
+        queue = check_queue(queue or definition.queue or settings.DURABLE_QUEUE)
         data = ensure_json(input, "run input")
         if dedupe_key and (len(dedupe_key) > 200 or "\x00" in dedupe_key):
             raise ValueError("an idempotency key has at most 200 characters and no NUL")

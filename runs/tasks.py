@@ -8,8 +8,9 @@ SHUTDOWN_WAIT = 10.0  # seconds a stopping pool process waits for its runs to re
 
 # A doorbell held by a pool process that dies (killed, out of memory) goes back to the
 # queue instead of being acknowledged with it: a duplicate claims nothing (runs.engine),
-# a lost one would leave its run waiting for the sweep to ring again.
-@shared_task(name="runs.execute", ignore_result=True, reject_on_worker_lost=True)
+# a lost one would leave its run waiting for the sweep to ring again. Acknowledged late
+# whatever the project's CELERY_TASK_ACKS_LATE: reject_on_worker_lost needs it.
+@shared_task(name="runs.execute", ignore_result=True, acks_late=True, reject_on_worker_lost=True)
 def execute(run_id: int) -> str:
     # Each claim takes a fresh lease token (not the message id): a redelivered copy of
     # this message must not be able to act under a claim the sweep has taken back.
@@ -19,7 +20,7 @@ def execute(run_id: int) -> str:
     return engine.execute_run(run_id)
 
 
-@shared_task(name="runs.execute_branch", ignore_result=True, reject_on_worker_lost=True)
+@shared_task(name="runs.execute_branch", ignore_result=True, acks_late=True, reject_on_worker_lost=True)
 def execute_branch(branch_id: int) -> str:
     return fanout.execute_branch(branch_id)
 

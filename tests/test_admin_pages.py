@@ -38,5 +38,5 @@ def test_a_long_run_links_to_the_rest_of_its_checkpoints(admin_client, monkeypat
 
 def test_admin_pages_load_the_project_styles_and_say_worker_processes(admin_client):
     html = admin_client.get(reverse("admin:index")).content.decode()
-    assert "/static/admin-durable.css" in html
+    assert "/static/runs/admin-durable.css" in html
     assert "Worker processes" in html and "processs" not in html

@@ -70,7 +70,7 @@ def test_the_login_page_is_styled_like_the_rest(client):
     response = client.get(reverse("login"))
     html = response.content.decode()
     assert response.status_code == 200
-    assert "/static/app.css" in html
+    assert "/static/runs/app.css" in html
     assert '<section class="login">' in html
 
 

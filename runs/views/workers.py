@@ -117,7 +117,8 @@ def queue_rows(workers: list[WorkerRow]) -> list[QueueRow]:
 
 def broker_depths(names: list[str]) -> dict[str, int | None]:
     """Messages waiting in each queue, as the broker counts them; None where it cannot tell."""
-    from config.celery import app
+    # The project's Celery app, whichever project installed the dashboard.
+    from celery import current_app as app
 
     depths: dict[str, int | None] = dict.fromkeys(names)
     try:
