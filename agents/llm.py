@@ -38,7 +38,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from agents import faults, history
-from runs import jsoninput
+from runs import jsoninput, tracing
 from runs.redaction import redact, redact_value
 from runs.workflow import NonRetryableError, RetryPolicy, current_step, step
 
@@ -315,18 +315,48 @@ def complete(request: LLMRequest) -> dict:
     started = time.monotonic()
     reply: ProviderReply | None = None
     outcome = "ok"
-    try:
-        reply = provider.complete(request)
-        result = normalise(reply, json_mode=bool(request.get("json")))
-    except BaseException as exc:
-        outcome = type(exc).__name__
-        raise
-    finally:
-        latency_ms = int((time.monotonic() - started) * 1000)
-        usage = (reply.input_tokens, reply.output_tokens) if reply else (0, 0)
-        _record_call(provider.name, (reply and reply.model) or model, outcome, usage, latency_ms)
+    with tracing.span(f"chat {model}", _request_attributes(provider.name, request), client=True) as span:
+        try:
+            reply = provider.complete(request)
+            result = normalise(reply, json_mode=bool(request.get("json")))
+        except BaseException as exc:
+            outcome = type(exc).__name__
+            span.set_attributes({"error.type": outcome})
+            raise
+        finally:
+            latency_ms = int((time.monotonic() - started) * 1000)
+            usage = (reply.input_tokens, reply.output_tokens) if reply else (0, 0)
+            _record_call(provider.name, (reply and reply.model) or model, outcome, usage, latency_ms)
+            if reply is not None:
+                span.set_attributes(_reply_attributes(reply))
     _describe_step(provider.name, reply, request, result, latency_ms)
     return result
+
+
+def _request_attributes(provider: str, request: LLMRequest) -> dict[str, Any]:
+    """A model call's span attributes, from the OpenTelemetry GenAI semantic conventions."""
+    return {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": provider,
+        "gen_ai.system": provider,  # the name before gen_ai.provider.name, still read by many backends
+        "gen_ai.request.model": request["model"],
+        "gen_ai.request.max_tokens": request.get("max_tokens"),
+        "gen_ai.request.temperature": request.get("temperature"),
+        "gen_ai.output_type": "json" if request.get("json") else "text",
+    }
+
+
+def _reply_attributes(reply: ProviderReply) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "gen_ai.response.finish_reasons": [reply.finish_reason],
+        "gen_ai.usage.input_tokens": reply.input_tokens,
+        "gen_ai.usage.output_tokens": reply.output_tokens,
+    }
+    if reply.model:
+        attributes["gen_ai.response.model"] = reply.model
+    if reply.response_id:
+        attributes["gen_ai.response.id"] = reply.response_id
+    return attributes
 
 
 def normalise(reply: ProviderReply, *, json_mode: bool) -> dict:
