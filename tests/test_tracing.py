@@ -257,12 +257,8 @@ class Collector(BaseHTTPRequestHandler):
         pass
 
 
-def test_the_environment_exports_over_otlp_http(doorbells, monkeypatch):
-    server = HTTPServer(("127.0.0.1", 0), Collector)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    Collector.received = []
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+def test_the_environment_exports_over_otlp_http(doorbells, monkeypatch, collector):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{collector.server_port}")
     monkeypatch.setenv("OTEL_SERVICE_NAME", "durable-test")
     tracing.reset()
     try:
@@ -272,8 +268,6 @@ def test_the_environment_exports_over_otlp_http(doorbells, monkeypatch):
         tracing.flush()
     finally:
         tracing.reset()
-        server.shutdown()
-        server.server_close()
 
     exported = [
         (resource.resource, span)
@@ -292,3 +286,80 @@ def test_the_environment_exports_over_otlp_http(doorbells, monkeypatch):
         if a.key == "service.name"
     }
     assert service == {"durable-test"}
+
+
+# --- real workers ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def collector():
+    server = HTTPServer(("127.0.0.1", 0), Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    Collector.received = []
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def exported_spans() -> list:
+    return [
+        span
+        for request in list(Collector.received)
+        for resource in request.resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
+
+
+@pytest.mark.acceptance
+def test_a_run_resumed_on_another_worker_after_a_kill_stays_one_trace(tmp_path, collector):
+    from agents.models import FaultMark, ProviderCall
+    from tests.processes import Cluster, wait_for
+
+    model_step = 8  # the research agent's fifth model call
+    cluster = Cluster(
+        tmp_path,
+        DURABLE_WORKFLOW_MODULES="tests.workflows,agents.demos",
+        AGENTS_LLM_PROVIDER="fake",
+        AGENTS_FAKE_FAILURE_RATE="0",
+        AGENTS_PAUSE_AT_STEP=str(model_step),
+        AGENTS_PAUSE_SECONDS="120",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.server_port}",
+        OTEL_BSP_SCHEDULE_DELAY="50",
+    )
+    question = "When a worker crashes, how are its runs recovered and what happens to its steps?"
+    try:
+        first = cluster.worker("first")
+        cluster.beat()
+        run = Run.objects.start("research_agent", {"question": question}, queue=cluster.queue)
+        wait_for(lambda: FaultMark.objects.filter(run=run).exists(), 60, "the pause at step 8", cluster)
+        wait_for(lambda: len(named_exported("chat fake-1")) == 4, 30, "the first worker's spans", cluster)
+        cluster.kill(first)
+        cluster.worker("second")
+        wait_for(
+            lambda: Run.objects.get(pk=run.pk).status == Status.SUCCEEDED, 60, "the run to succeed", cluster
+        )
+        finished = lambda: any(  # noqa: E731
+            a.key == "durable.delivery.outcome" and a.value.string_value == "succeeded"
+            for span in named_exported("execute research_agent")
+            for a in span.attributes
+        )
+        wait_for(finished, 30, "the last delivery's span", cluster)
+    finally:
+        cluster.stop()
+
+    spans = exported_spans()
+    key = run.idempotency_key
+    assert {span.trace_id.hex() for span in spans} == {key}
+    (root,) = named_exported("run research_agent")
+    assert int.from_bytes(root.span_id, "big") == tracing.root_span_id(key)
+    # The killed worker's delivery never ended, so never left; the second worker's did,
+    # under the same root, and each model call made by either worker is in the trace once.
+    (delivery,) = named_exported("execute research_agent")
+    assert int.from_bytes(delivery.parent_span_id, "big") == tracing.root_span_id(key)
+    assert len(named_exported("chat fake-1")) == ProviderCall.objects.filter(run=run).count() == 8
+
+
+def named_exported(name: str) -> list:
+    return [span for span in exported_spans() if span.name == name]
