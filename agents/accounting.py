@@ -8,7 +8,7 @@ written by agents.llm when the call succeeded.
 
     accounting.totals_for_runs([run.pk for run in page])   # one query
     accounting.cost_by_workflow()                          # last 24 h, ended hours summed once
-    accounting.llm_step(checkpoint.meta)                   # no query
+    accounting.llm_step(checkpoint.meta, earlier)          # no query (see agents.history)
 """
 
 from __future__ import annotations
@@ -20,11 +20,15 @@ from typing import Any, TypedDict
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
+from agents import history
 from agents.models import ProviderCall, UsageHour, usage_by_workflow
 from runs import jsoninput
 
 # A value on an LLM step's page that cannot be formatted is shown raw, cut here.
 META_CAP = 20_000
+# The last messages of a model call's conversation shown with it; the earlier ones are
+# counted. Each is cut at agents.llm.META_TEXT_LIMIT characters when recorded.
+CONVERSATION_SHOWN = 100
 
 
 class Usage(TypedDict):
@@ -70,6 +74,9 @@ class LLMStep(TypedDict):
     finish_reason: str
     tools: list[str]
     conversation: list[Turn]
+    messages: int  # in the whole conversation, the reply included
+    earlier_not_shown: int  # messages before the first turn shown
+    earlier_missing: bool  # some were not found (a checkpoint they are kept on is gone)
 
 
 def _usage_aggregates() -> dict[str, Any]:
@@ -163,11 +170,13 @@ def _hour_after(moment: datetime) -> datetime:
 # --- one LLM step, for the run page -----------------------------------------------
 
 
-def llm_step(meta: dict | None) -> LLMStep | None:
+def llm_step(meta: dict | None, earlier: Iterable[tuple[int, Any]] = ()) -> LLMStep | None:
     """What the run page shows for a model call's checkpoint; None for other steps.
 
     Steps written by agents.llm have `kind: "llm"` and a conversation; any other step
     that reports a model and token counts on its meta gets the figures without one.
+    A call that kept only its new messages gets the rest from `earlier`, the run's
+    earlier checkpoints as agents.history.rebuild reads them (history.earlier_than).
     """
     if not isinstance(meta, dict):
         return None
@@ -188,19 +197,31 @@ def llm_step(meta: dict | None) -> LLMStep | None:
         "attempt": _int(meta.get("attempt")) or 1,
         "finish_reason": str(response.get("finish_reason") or ""),
         "tools": [str(name) for name in request.get("tools") or []],
-        "conversation": conversation(meta),
+        **conversation(meta, earlier),
     }
 
 
-def conversation(meta: dict) -> list[Turn]:
-    """The messages the model was sent, then its reply, as readable turns."""
-    request = meta.get("request") or {}
-    messages = [m for m in request.get("messages") or [] if isinstance(m, dict)]
-    turns = [_turn(message, is_reply=False) for message in messages]
+class Conversation(TypedDict):
+    conversation: list[Turn]
+    messages: int
+    earlier_not_shown: int
+    earlier_missing: bool
+
+
+def conversation(meta: dict, earlier: Iterable[tuple[int, Any]] = ()) -> Conversation:
+    """The last messages the model was sent, then its reply, as readable turns."""
     response = meta.get("response")
-    if isinstance(response, dict):
+    replied = isinstance(response, dict)
+    sent = history.rebuild(meta.get("request"), earlier, CONVERSATION_SHOWN - replied)
+    turns = [_turn(message, is_reply=False) for message in sent.messages]
+    if replied:
         turns.append(_turn({"role": "assistant", **response}, is_reply=True))
-    return turns
+    return {
+        "conversation": turns,
+        "messages": sent.total + replied,
+        "earlier_not_shown": sent.omitted,
+        "earlier_missing": sent.missing,
+    }
 
 
 def _turn(message: dict, *, is_reply: bool) -> Turn:

@@ -10,9 +10,11 @@
 `llm.chat` runs one model call as its own step (`llm` or `llm:<label>`). The step
 records on its checkpoint's `meta` the provider, model, request, response, input
 and output tokens, latency and estimated cost; a replayed run gets the recorded
-reply back without calling the model. Rate limits, timeouts, unavailable servers
-and malformed replies are retried with backoff; authentication and bad-request
-errors fail the step at once.
+reply back without calling the model. A call that extends a conversation this run
+sent before records only the new messages and a reference to that call, on its
+input and its meta alike (agents.history), so an agent loop stores O(n) bytes.
+Rate limits, timeouts, unavailable servers and malformed replies are retried with
+backoff; authentication and bad-request errors fail the step at once.
 
 Messages are provider-neutral dicts, translated for each SDK by agents.providers:
 
@@ -35,8 +37,8 @@ from typing import Any, Protocol, TypedDict
 from django.conf import settings
 from django.db import DatabaseError
 
-from agents import faults
-from runs import jsoninput
+from agents import faults, history
+from runs import jsoninput, tracing
 from runs.redaction import redact, redact_value
 from runs.workflow import NonRetryableError, RetryPolicy, current_step, step
 
@@ -95,6 +97,9 @@ class LLMRequest(TypedDict, total=False):
     provider: str
     model: str
     messages: list[dict]
+    # Set when `messages` are only the new ones: the conversation so far is the one the
+    # call at this position was sent (agents.history); providers get it whole.
+    history: history.Reference
     tools: list[ToolSpec]
     json: bool
     temperature: float | None
@@ -245,18 +250,33 @@ def retry_policy() -> RetryPolicy:
     )
 
 
-def llm_step(label: str = "") -> Callable[[LLMRequest], dict]:
-    """A step function that makes one model call; name `llm` or `llm:<label>`."""
+def llm_step(label: str = "", conversation: Sequence[dict] | None = None) -> Callable[[LLMRequest], dict]:
+    """A step function that makes one model call; name `llm` or `llm:<label>`.
+
+    With `conversation`, the step is called with a request holding only the messages new
+    since its `history` reference (what its checkpoint keeps) and sends the whole
+    `conversation` to the model.
+    """
 
     def call_model(request: LLMRequest) -> dict:
         faults.inject()
+        if conversation is not None:
+            request = {**request, "messages": list(conversation)}
         return complete(request)
+
+    def whole(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        # Calls recorded before agents.history kept the whole conversation as their input.
+        if conversation is None or not args or not isinstance(args[0], dict):
+            return args, kwargs
+        request = {key: value for key, value in args[0].items() if key != "history"}
+        return ({**request, "messages": list(conversation)}, *args[1:]), kwargs
 
     return step(
         call_model,
         name=f"llm:{label}" if label else "llm",
         retry=retry_policy(),
         timeout=settings.AGENTS_LLM_TIMEOUT + 5,
+        former_call=whole,
     )
 
 
@@ -267,7 +287,17 @@ def chat(ctx, messages: Sequence[dict], *, label: str = "", **options) -> dict:
     `"data"` (the parsed JSON) when `json=True`. Options: tools (specs, see
     agents.tools.specs), model, json, temperature, max_tokens, provider.
     """
-    return ctx.step(llm_step(label), make_request(messages, **options))
+    request = make_request(messages, **options)
+    position = ctx.position
+    reference, new = history.continuation(ctx, request["messages"])
+    if reference is None:
+        reply = ctx.step(llm_step(label), request)
+    else:
+        reply = ctx.step(
+            llm_step(label, request["messages"]), {**request, "history": reference, "messages": new}
+        )
+    history.remember(ctx, position, request["messages"])
+    return reply
 
 
 # --- the step body ------------------------------------------------------------------
@@ -285,18 +315,48 @@ def complete(request: LLMRequest) -> dict:
     started = time.monotonic()
     reply: ProviderReply | None = None
     outcome = "ok"
-    try:
-        reply = provider.complete(request)
-        result = normalise(reply, json_mode=bool(request.get("json")))
-    except BaseException as exc:
-        outcome = type(exc).__name__
-        raise
-    finally:
-        latency_ms = int((time.monotonic() - started) * 1000)
-        usage = (reply.input_tokens, reply.output_tokens) if reply else (0, 0)
-        _record_call(provider.name, (reply and reply.model) or model, outcome, usage, latency_ms)
+    with tracing.span(f"chat {model}", _request_attributes(provider.name, request), client=True) as span:
+        try:
+            reply = provider.complete(request)
+            result = normalise(reply, json_mode=bool(request.get("json")))
+        except BaseException as exc:
+            outcome = type(exc).__name__
+            span.set_attributes({"error.type": outcome})
+            raise
+        finally:
+            latency_ms = int((time.monotonic() - started) * 1000)
+            usage = (reply.input_tokens, reply.output_tokens) if reply else (0, 0)
+            _record_call(provider.name, (reply and reply.model) or model, outcome, usage, latency_ms)
+            if reply is not None:
+                span.set_attributes(_reply_attributes(reply))
     _describe_step(provider.name, reply, request, result, latency_ms)
     return result
+
+
+def _request_attributes(provider: str, request: LLMRequest) -> dict[str, Any]:
+    """A model call's span attributes, from the OpenTelemetry GenAI semantic conventions."""
+    return {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": provider,
+        "gen_ai.system": provider,  # the name before gen_ai.provider.name, still read by many backends
+        "gen_ai.request.model": request["model"],
+        "gen_ai.request.max_tokens": request.get("max_tokens"),
+        "gen_ai.request.temperature": request.get("temperature"),
+        "gen_ai.output_type": "json" if request.get("json") else "text",
+    }
+
+
+def _reply_attributes(reply: ProviderReply) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "gen_ai.response.finish_reasons": [reply.finish_reason],
+        "gen_ai.usage.input_tokens": reply.input_tokens,
+        "gen_ai.usage.output_tokens": reply.output_tokens,
+    }
+    if reply.model:
+        attributes["gen_ai.response.model"] = reply.model
+    if reply.response_id:
+        attributes["gen_ai.response.id"] = reply.response_id
+    return attributes
 
 
 def normalise(reply: ProviderReply, *, json_mode: bool) -> dict:
@@ -399,6 +459,8 @@ def _describe_step(provider: str, reply: ProviderReply, request: LLMRequest, res
     if info is None:
         return
     model = reply.model or request["model"]
+    reference = request.get("history")
+    sent = request["messages"][reference["messages"] :] if reference else request["messages"]
     # Shown on the run page and exported: no secret a prompt or a reply happened to hold.
     info.meta.update(
         kind="llm",
@@ -407,7 +469,9 @@ def _describe_step(provider: str, reply: ProviderReply, request: LLMRequest, res
         model=model,
         request=redact_value(
             {
-                "messages": _clip(request["messages"]),
+                # Only what is new since the call it references: the run page rebuilds the rest.
+                **({"history": dict(reference)} if reference else {}),
+                "messages": _clip(sent),
                 "tools": [tool["name"] for tool in request.get("tools") or []],
                 "json": bool(request.get("json")),
                 "temperature": request.get("temperature"),

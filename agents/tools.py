@@ -30,6 +30,7 @@ import jsonschema
 
 from agents import faults
 from agents.llm import ToolSpec
+from runs import tracing
 from runs.workflow import NonRetryableError, RetryPolicy, current_step, step
 from steps.retry import DEFAULT_RETRY_POLICY
 
@@ -121,6 +122,8 @@ def tool_step(name: str) -> Callable[..., Any]:
     def run_tool(arguments: dict, call_id: str = "") -> Any:
         info = current_step()
         info.meta.update(kind="tool", tool=definition.name, arguments=arguments, call_id=call_id)
+        tool_call = {"gen_ai.tool.name": definition.name, "gen_ai.tool.call.id": call_id or None}
+        tracing.annotate({"gen_ai.operation.name": "execute_tool", **tool_call})
         faults.inject()
         definition.validate(arguments)
         return definition.fn(**arguments)

@@ -33,7 +33,7 @@ from django.utils import timezone
 from harness import workflows  # noqa: F401  (registers the bench workflows in this process)
 from harness.cluster import Cluster, database_url, process_tree
 from harness.models import Call, FloorRow
-from runs import dispatch, recovery
+from runs import dispatch, recovery, stepinputs
 from runs.models import Run, Status, WaitKind
 from runs.recovery import sweep
 from steps.models import Branch, BranchStatus
@@ -44,6 +44,7 @@ PHASES = (
     "async_steps",
     "io_bound",
     "checkpoint_bytes",
+    "agent_loop_bytes",
     "floor",
     "recovery",
     "memory",
@@ -73,6 +74,7 @@ class BenchConfig:
     idle_sweeps: int = 20
     one_by_one_wakeups: int = 2000
     doorbell_wakeups: int = 10_000
+    agent_loop_calls: int = 200  # model calls in the agent loop whose storage is measured
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -311,6 +313,61 @@ class Bench:
                 "(SELECT name FROM sqlite_master WHERE tbl_name = 'steps_checkpoint' AND type = 'index')"
             )
             return cursor.fetchone()[0] or 0
+
+    # --- an agent loop's bytes per model call ----------------------------------------------
+
+    def agent_loop_bytes(self) -> None:
+        """What a long agent loop stores per model call, early and late in the loop.
+
+        Each call keeps its new messages and a reference to the call it extends
+        (agents.history); keeping the whole conversation instead, as checkpoints did
+        before, is computed from the same checkpoints for comparison. Bytes are the
+        JSON text of the checkpoint's input, output and meta (before the database's
+        own compression).
+        """
+        from agents import history
+        from runs.engine import execute_run
+        from steps.models import Checkpoint
+
+        calls = self.config.agent_loop_calls
+        window = min(10, calls // 2)
+        fake_model = dict(AGENTS_LLM_PROVIDER="fake", AGENTS_FAKE_FAILURE_RATE=0, AGENTS_FAKE_LATENCY=0)
+        with override_settings(**fake_model), counted_doorbells():
+            run = Run.objects.start("bench_agent_loop", {"calls": calls})
+            outcomes = [execute_run(run.pk)]  # one delivery executes it all, unless it is handed back
+            while outcomes[-1] not in ("succeeded", "failed") and len(outcomes) < 10:
+                outcomes.append(execute_run(run.pk))
+        assert outcomes[-1] == "succeeded", outcomes
+        steps = list(Checkpoint.objects.filter(run=run, name="llm:loop").order_by("position"))
+        assert len(steps) == calls, (len(steps), calls)
+
+        def stored(checkpoint) -> int:
+            return sum(len(json.dumps(v)) for v in (checkpoint.input, checkpoint.output, checkpoint.meta))
+
+        def whole(checkpoint) -> int:
+            """The same call's checkpoint had it kept the whole conversation."""
+            earlier = history.earlier_than(checkpoint)
+            messages = history.rebuild(checkpoint.meta["request"], earlier, limit=10 * calls).messages
+            request = {k: v for k, v in checkpoint.input["args"][0].items() if k != "history"}
+            meta = {**checkpoint.meta, "request": {**checkpoint.meta["request"], "messages": messages}}
+            meta["request"].pop("history", None)
+            old_input = stepinputs.record([{**request, "messages": messages}], {})
+            return sum(len(json.dumps(v)) for v in (old_input, checkpoint.output, meta))
+
+        first, last = steps[:window], steps[-window:]
+        early = sum(map(stored, first)) / window
+        late = sum(map(stored, last)) / window
+        name = f"{len(steps) - window + 1}_{len(steps)}"
+        self.figures[f"agent_loop_bytes_per_call_1_{window}"] = round(early)
+        self.figures[f"agent_loop_bytes_per_call_{name}"] = round(late)
+        self.figures["agent_loop_bytes_growth"] = round(late / early, 3)
+        self.figures[f"agent_loop_whole_conversation_bytes_per_call_{name}"] = round(
+            sum(map(whole, last)) / window
+        )
+        self.say(
+            f"agent loop: {early:.0f} bytes per model call at calls 1-{window}, {late:.0f} at calls "
+            f"{name.replace('_', '-')} of {calls}"
+        )
 
     # --- recovery ----------------------------------------------------------------------
 
@@ -768,6 +825,7 @@ TARGETS = {
     "worker_rss_growth": ("flat (≤ 1.10)", lambda v: v <= 1.10),
     "io_vs_one_run_per_process": ("≥ 20× (issue 16)", lambda v: v >= 20),
     "bytes_per_checkpoint_beyond_output": ("≤ 200", lambda v: v <= 200),
+    "agent_loop_bytes_growth": ("flat (≤ 1.2)", lambda v: v <= 1.2),
 }
 
 

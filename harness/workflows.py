@@ -9,6 +9,8 @@ from contextlib import nullcontext
 
 from django.db import IntegrityError, transaction
 
+from agents import fake, tools
+from agents.loop import run_agent
 from harness.models import Call, SideEffect
 from runs.workflow import RetryPolicy, current_step, step, workflow
 
@@ -214,3 +216,50 @@ def sleepy(pause: float) -> int:
 @workflow("bench_sleepy")
 def bench_sleepy(ctx, data):
     return ctx.step(sleepy, data["pause"])
+
+
+# --- an agent loop on the fake model, for the storage figure ---------------------------
+
+AGENT_LOOP_PROMPT = "Bench agent loop: call tally once per turn until the count is reached."
+TALLY_NOTE = "a tool result of a steady size, as a search hit or a document excerpt would be " * 3
+
+
+@tools.tool(
+    name="bench_tally",
+    schema={"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]},
+)
+def bench_tally(n: int) -> dict:
+    """Count one more."""
+    return {"n": n, "note": TALLY_NOTE}
+
+
+@fake.responder(AGENT_LOOP_PROMPT)
+def _agent_loop_reply(request) -> dict | str:
+    # The user message says how many model calls to make: a tool call each, then an answer.
+    messages = request["messages"]
+    wanted = int(next(m["content"] for m in messages if m["role"] == "user"))
+    done = sum(1 for m in messages if m["role"] == "tool")
+    if done + 1 < wanted:
+        return {
+            "content": f"Tally {done} so far; one more.",
+            "tool_calls": [{"name": "bench_tally", "arguments": {"n": done}}],
+        }
+    return f"Counted to {done}."
+
+
+@workflow("bench_agent_loop")
+def bench_agent_loop(ctx, data):
+    """`calls` model calls with a tool call between each two: 2 * calls - 1 steps."""
+    calls = data["calls"]
+    result = run_agent(
+        ctx,
+        system=AGENT_LOOP_PROMPT,
+        user=str(calls),
+        tools=["bench_tally"],
+        max_steps=2 * calls,
+        label="loop",
+    )
+    output = {"answer": result["answer"], "model_calls": result["model_calls"]}
+    if data.get("messages"):
+        output["messages"] = result["messages"]
+    return output

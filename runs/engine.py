@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import Error as DatabaseFailure
 from django.utils import timezone
 
-from runs import liveness, stepinputs
+from runs import liveness, stepinputs, tracing
 from runs.asyncflow import call_workflow
 from runs.models import Run, WaitKind, ensure_json
 from runs.redaction import redact
@@ -349,10 +349,11 @@ class RunContext:
             attempt=attempt,
             idempotency_key=self._run.step_idempotency_key(position),
         )
+        traced = tracing.attempt(definition.fn, info)
         reset = _current_step.set(info)
         try:
             value = call_with_timeout(
-                definition.fn, args, kwargs, step_time_limit(definition.timeout), own=bool(definition.timeout)
+                traced, args, kwargs, step_time_limit(definition.timeout), own=bool(definition.timeout)
             )
             try:
                 value = ensure_json(value, f"the output of step {definition.name!r}")
@@ -510,7 +511,7 @@ def execute_run(run_id: int, token: str | None = None, executor=None) -> str:
     if not committed(executor, Run.objects.claim)(run_id, liveness.process_name(), token):
         return "skipped"  # already claimed, finished, or cancelled: a duplicate doorbell
     try:
-        outcome = _advance(Run.objects.get(pk=run_id), token, executor)
+        outcome = tracing.delivery(_advance, Run.objects.get(pk=run_id), token, executor)
     except DatabaseFailure:
         log.warning("run %s: database error; giving it back", run_id, exc_info=True)
         outcome = "database-error"

@@ -13,7 +13,7 @@ from datetime import timedelta
 from django.db import DatabaseError
 from django.utils import timezone
 
-from runs import liveness
+from runs import liveness, tracing
 from runs.engine import describe
 from runs.models import ACTIVE_STATUSES, Run, ensure_json
 from runs.workflow import StepInfo, _current_step, resolve_target, step_definition
@@ -65,7 +65,7 @@ def _run(branch: Branch, token: str) -> str:
     reset = _current_step.set(info)
     try:
         value = call_with_timeout(
-            definition.fn,
+            tracing.attempt(definition.fn, info),
             tuple(branch.args),
             branch.kwargs,
             step_time_limit(definition.timeout),

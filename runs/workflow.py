@@ -54,6 +54,9 @@ class StepDefinition:
     retry: RetryPolicy = DEFAULT_RETRY_POLICY
     timeout: float | None = None
     rate_limit: Any = None  # a steps.ratelimit.RateLimit
+    # (args, kwargs) -> (args, kwargs): how this call was written before its arguments
+    # changed format; `runs check` accepts a recorded input that matches either.
+    former_call: Callable[[tuple, dict], tuple[tuple, dict]] | None = None
 
     @property
     def target(self) -> str:
@@ -73,11 +76,14 @@ def step(
     retry: RetryPolicy | None = None,
     timeout: float | None = None,
     rate_limit=None,
+    former_call: Callable[[tuple, dict], tuple[tuple, dict]] | None = None,
 ):
     """Give a function a step name, retry policy, timeout and rate limit for `ctx.step(fn, ...)`.
 
     `rate_limit` is a `steps.ratelimit.RateLimit(key, calls, period)` shared by every
-    step naming the same key. The function itself is unchanged and can still be called
+    step naming the same key. `former_call(args, kwargs)` returns the same call in the
+    arguments' earlier format, for runs recorded before a change of format (`runs check`
+    compares recorded inputs). The function itself is unchanged and can still be called
     directly.
     """
 
@@ -89,6 +95,7 @@ def step(
             retry=retry or DEFAULT_RETRY_POLICY,
             timeout=timeout,
             rate_limit=rate_limit,
+            former_call=former_call,
         )
         return func
 

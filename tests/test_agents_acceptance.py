@@ -7,6 +7,7 @@ worker processes write and this test reads, so a repeated model call would show.
 import pytest
 from django.db.models import Count
 
+from agents import history
 from agents.models import FaultMark, ProviderCall
 from runs.models import Run, Status
 from steps.models import Checkpoint
@@ -70,6 +71,12 @@ def test_it_resumes_the_research_agent_at_the_next_model_call_after_the_worker_i
         pids = dict(ProviderCall.objects.filter(run=run).values_list("position", "pid"))
         assert pids[6] == first.pid and pids[MODEL_STEP] == second.pid
         assert Run.objects.get(pk=run.pk).recovery_count == 1
+        # The call made after the kill kept only its new messages, and references the call
+        # the first worker recorded: its whole conversation reads back from the two.
+        step = Checkpoint.objects.get(run=run, position=MODEL_STEP)
+        assert step.meta["request"]["history"] == {"position": 6, "messages": 8}
+        rebuilt = history.rebuild(step.meta["request"], history.earlier_than(step), limit=100)
+        assert (len(rebuilt.messages), rebuilt.missing) == (10, False)
     finally:
         cluster.stop()
 

@@ -6,7 +6,7 @@ import pytest
 from django.template import Context, Template
 from django.utils import timezone
 
-from agents import accounting, fake, llm
+from agents import accounting, fake, history, llm
 from agents.models import ProviderCall
 from agents.templatetags.llm import usd
 from runs.models import Run
@@ -116,7 +116,9 @@ def test_it_turns_an_llm_step_into_a_readable_conversation(doorbells):
     doorbells.drain()
     second_call = Checkpoint.objects.filter(run=run, name="llm:research").order_by("position")[1]
 
-    step = accounting.llm_step(second_call.meta)
+    # The call keeps only its new messages; the rest are read from the first call's checkpoint.
+    step = accounting.llm_step(second_call.meta, history.earlier_than(second_call))
+    assert (step["messages"], step["earlier_not_shown"], step["earlier_missing"]) == (5, 0, False)
     assert (step["provider"], step["model"], step["label"]) == ("fake", "fake-1", "research")
     assert step["total_tokens"] == step["input_tokens"] + step["output_tokens"] > 0
     assert step["tools"] == ["search_corpus", "read_document", "take_note"]

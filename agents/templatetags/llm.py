@@ -1,6 +1,6 @@
 """Template pieces for LLM steps and model costs: `{% load llm %}`.
 
-{% llm_step checkpoint %}        tokens, cost, latency and the conversation of an LLM step
+{% llm_step checkpoint [read] %} tokens, cost, latency and the conversation of an LLM step
                                  (renders nothing for other steps)
 {% llm_usage run.llm_usage %}    a run's token and cost totals (see accounting.attach_totals)
 {{ value|usd }}  {{ value|tokens }}
@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from django import template
 
-from agents import accounting
+from agents import accounting, history
 
 register = template.Library()
 
 
 @register.inclusion_tag("agents/llm_step.html")
-def llm_step(checkpoint) -> dict:
-    return {"llm": accounting.llm_step(getattr(checkpoint, "meta", None))}
+def llm_step(checkpoint, read=None) -> dict:
+    """`read`: the run's checkpoints the page already has (a short run's page), in which a
+    call's earlier messages are found; without it they are queried, only if needed."""
+    earlier = history.earlier_among(read, checkpoint) if read else history.earlier_than(checkpoint)
+    return {"llm": accounting.llm_step(getattr(checkpoint, "meta", None), earlier)}
 
 
 @register.inclusion_tag("agents/usage.html")

@@ -134,8 +134,8 @@ class StepRow:
 
     @property
     def llm(self) -> accounting.LLMStep | None:
-        """A model call's figures and conversation; None for other steps, and on compact
-        lines, which do not read the meta (it holds the whole conversation)."""
+        """A model call's figures and its own messages; None for other steps, and on compact
+        lines, which do not read the meta."""
         return accounting.llm_step(getattr(self.checkpoint, "meta", None))
 
     @property
@@ -264,6 +264,8 @@ def detail_context(request: AuthenticatedHttpRequest, run: Run, **extra) -> dict
         "steps": steps,
         "inline": inline,
         "live_steps": sum(1 for step in steps if step.checkpoint),
+        # Read already: a model call's step finds its earlier messages here, without a query.
+        "page_checkpoints": [cp for step in steps for cp in step.all_checkpoints] if inline else None,
         "output_cap": max(2_000, min(20_000, INLINE_OUTPUT_BUDGET // max(len(steps), 1))),
         "audit": list(run.audit_entries.order_by("-id")[:AUDIT_SHOWN]),
         "signals": list(run.signals.order_by("-id")[:20]),

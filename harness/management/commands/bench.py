@@ -1,4 +1,4 @@
-"""python manage.py bench: throughput, recovery, memory, pages, storage and wake-ups, as ratios."""
+"""python manage.py bench: throughput, recovery, memory, pages, storage (an agent loop's too) and wake-ups."""
 
 import json
 from pathlib import Path
@@ -72,6 +72,7 @@ class Command(BaseCommand):
                 waiting_runs=10_000,
                 one_by_one_wakeups=500,
                 doorbell_wakeups=2000,
+                agent_loop_calls=40,
             )
         if options["large"]:
             config.page_sizes = (10_000, 1_000_000)
