@@ -43,10 +43,14 @@ INSTRUCTIONS = (
 def _scripted(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     """What a model would do with this shop's tickets, decided from the conversation so far."""
     ticket = next(p.content for m in messages for p in m.parts if isinstance(p, UserPromptPart))
-    answers = {p.tool_name: p for m in messages for p in m.parts if isinstance(p, ToolReturnPart)}
+    returns = [p for m in messages for p in m.parts if isinstance(p, ToolReturnPart)]
+    answers = {p.tool_name: p for p in returns if p.outcome != "retried"}
+    retries = {p.tool_name for p in returns if p.outcome == "retried"}  # the tool raised ModelRetry
     number = re.search(r"\b[A-Z]-\d{4}\b", str(ticket))
     if number is None:
         return ModelResponse(parts=[TextPart("Which order is it about? Its number looks like A-1001.")])
+    if "look_up_order" in retries:
+        return ModelResponse(parts=[TextPart(f"I could not find order {number.group(0)}. Please check it.")])
     if "look_up_order" not in answers:
         return ModelResponse(parts=[ToolCallPart("look_up_order", {"order_number": number.group(0)})])
     order = answers["look_up_order"].content

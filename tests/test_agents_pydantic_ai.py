@@ -4,15 +4,19 @@ from datetime import timedelta
 
 import pytest
 import time_machine
+from django.urls import reverse
 from django.utils import timezone
 
 from agents import accounting
 from agents.models import ProviderCall
+from runs.export import export_json
 from runs.models import Run, Status, WaitKind
 from runs.recovery import sweep
+from runs.testing import assert_replays
 from steps.models import Attempt, Checkpoint
 from tests import pydantic_ai_workflows as pw
 from tests.conftest import lapse_leases
+from tests.factories import make_operator, make_viewer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -48,6 +52,33 @@ def test_it_checkpoints_each_model_request_and_tool_call(doorbells):
         {"a": 5, "b": 7},
         "call-mul",
     )
+
+
+def test_an_exported_run_replays_offline_without_calling_the_model_or_a_tool(doorbells, tmp_path):
+    run = Run.objects.start("pydai_calculator", {})
+    doorbells.drain()
+    export = tmp_path / "run.json"
+    export.write_text(export_json(Run.objects.get(pk=run.pk)))
+    made = pw.ledger()
+
+    report = assert_replays(export, outcome="clean")
+
+    assert report.output == {"answer": "The answer is 35.", "messages": 6}
+    assert pw.ledger() == made  # the replay asked nothing of the model or the tools
+
+
+def test_a_tool_that_fails_for_good_fails_the_run_at_its_step(doorbells):
+    pw.TROUBLE["add"] = 5  # more than its three attempts
+    run = Run.objects.start("pydai_calculator", {})
+    assert doorbells.drain() == ["ok/retry"]
+    for _ in range(2):
+        sweep()
+        doorbells.drain()
+
+    run.refresh_from_db()
+    assert (run.status, run.error_type, run.error_position) == (Status.FAILED, "ConnectionError", 1)
+    assert "add is unreachable" in run.error_message
+    assert pw.ledger().count("model:0") == 1
 
 
 def test_it_records_tokens_cost_and_the_conversation_like_the_built_in_model_steps(doorbells):
@@ -157,3 +188,32 @@ def test_an_approval_nobody_gives_in_time_is_a_denial(doorbells, monkeypatch):
         assert doorbells.drain() == ["succeeded"]
     run.refresh_from_db()
     assert run.output == {"answer": "Transfer: A person denied this call: nobody approved it in time"}
+
+
+def test_the_run_page_shows_the_agents_model_requests_as_llm_steps(client, doorbells):
+    run = Run.objects.start("pydai_calculator", {})
+    doorbells.drain()
+    client.force_login(make_viewer())
+
+    response = client.get(reverse("run_detail", args=[run.pk]))
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert html.count('<div class="llm-step">') == 3
+    assert "function · function:arithmetic_model:" in html
+    assert "· 3 calls</span>" in html
+
+
+def test_an_operator_approves_the_tool_call_from_the_inbox(client, doorbells):
+    run = Run.objects.start("pydai_banker", {})
+    doorbells.drain()
+    run.refresh_from_db()
+    client.force_login(make_operator())
+    assert "asks to call transfer" in client.get(reverse("inbox")).content.decode()
+
+    decision = {"decision": "approve", "reason": "checked", "at": run.wait_position, "confirmed": "yes"}
+    response = client.post(reverse("inbox_decide", args=[run.pk]), decision, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    assert doorbells.drain() == ["succeeded"]
+    assert Run.objects.get(pk=run.pk).output == {"answer": "Transfer: sent 5000"}
+    assert pw.ledger().count("tool:transfer") == 1

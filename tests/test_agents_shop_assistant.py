@@ -10,9 +10,12 @@ import time_machine
 from django.utils import timezone
 
 from agents import demos
+from agents.integrations.pydantic_ai import RAISED
 from agents.models import Order, OrderStatus, Payment, ProviderCall
+from runs.export import export_json
 from runs.models import Run, Status
 from runs.recovery import sweep
+from runs.testing import assert_replays
 from steps.models import Checkpoint
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -77,3 +80,17 @@ def test_workers_that_never_run_it_never_load_pydantic_ai():
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"}
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert loaded.stdout.strip() == "False"
+
+
+def test_a_tools_model_retry_is_recorded_and_replayed_as_such(doorbells, tmp_path):
+    run = Run.objects.start("shop_assistant", {"ticket": "Where is order A-9999?"})
+    assert doorbells.drain() == ["succeeded"]
+
+    run.refresh_from_db()
+    assert run.output["reply"] == "I could not find order A-9999. Please check it."
+    lookup = Checkpoint.objects.get(run=run, name="tool:look_up_order")
+    assert lookup.output[RAISED] == "ToolRetryError"
+    assert lookup.output["part"]["content"] == "There is no order A-9999; check the number."
+    export = tmp_path / "run.json"
+    export.write_text(export_json(run))
+    assert assert_replays(export, outcome="clean").output == run.output

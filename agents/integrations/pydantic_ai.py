@@ -44,7 +44,13 @@ from typing import Any
 from django.conf import settings
 from pydantic_ai import Agent
 from pydantic_ai.capabilities import AbstractCapability
-from pydantic_ai.exceptions import ApprovalRequired, CallDeferred, ModelHTTPError, ModelRetry, ToolFailed
+from pydantic_ai.exceptions import (
+    ApprovalRequired,
+    CallDeferred,
+    ModelHTTPError,
+    ToolFailedError,
+    ToolRetryError,
+)
 from pydantic_ai.messages import (
     ModelMessage,
     ModelMessagesTypeAdapter,
@@ -118,7 +124,7 @@ class DurableAgent:
                 user_prompt,
                 message_history=history,
                 deferred_tool_results=decisions,
-                output_type=[output_type, DeferredToolRequests],
+                output_type=_with_deferred(output_type),
                 capabilities=[checkpoints],
                 **options,
             )
@@ -183,8 +189,10 @@ class DurableAgent:
             faults.inject()
             try:
                 return to_jsonable_python(bridge.run_in_agent_loop(execute()), fallback=str)
-            except (ModelRetry, ToolFailed) as exc:  # the model is told; the step did its job
-                return {RAISED: type(exc).__name__, "message": exc.message}
+            except ToolRetryError as exc:  # the tool raised ModelRetry: the model is told to try again
+                return {RAISED: "ToolRetryError", "part": _dump_part(exc.tool_retry)}
+            except ToolFailedError as exc:  # the tool raised ToolFailed: the model is told it failed
+                return {RAISED: "ToolFailedError", "part": _dump_part(exc.tool_failed)}
             except (ApprovalRequired, CallDeferred) as exc:
                 return {RAISED: type(exc).__name__, "metadata": exc.metadata}
 
@@ -291,6 +299,12 @@ class _Bridge:
                 pass
 
 
+def _with_deferred(output_type: Any) -> list:
+    """The run's output types, with DeferredToolRequests: an approval ends the agent's run here."""
+    types = list(output_type) if isinstance(output_type, (list, tuple)) else [output_type]
+    return types if DeferredToolRequests in types else [*types, DeferredToolRequests]
+
+
 def _settle(answer: asyncio.Future, value: Any, error: BaseException | None) -> None:
     if answer.done():
         return
@@ -300,12 +314,21 @@ def _settle(answer: asyncio.Future, value: Any, error: BaseException | None) -> 
         answer.set_result(value)
 
 
+def _dump_part(part) -> dict:
+    # A request part alone has no adapter of its own; as the only part of a request it has.
+    return ModelMessagesTypeAdapter.dump_python([ModelRequest(parts=[part])], mode="json")[0]["parts"][0]
+
+
+def _load_part(data: dict):
+    return ModelMessagesTypeAdapter.validate_python([{"kind": "request", "parts": [data]}])[0].parts[0]
+
+
 def _rebuilt(recorded: dict) -> Exception:
     kind = recorded[RAISED]
-    if kind == "ModelRetry":
-        return ModelRetry(recorded.get("message", ""))
-    if kind == "ToolFailed":
-        return ToolFailed(recorded.get("message", ""))
+    if kind == "ToolRetryError":
+        return ToolRetryError(_load_part(recorded["part"]))
+    if kind == "ToolFailedError":
+        return ToolFailedError(_load_part(recorded["part"]))
     if kind == "ApprovalRequired":
         return ApprovalRequired(recorded.get("metadata"))
     return CallDeferred(recorded.get("metadata"))
