@@ -138,3 +138,36 @@ durable_banker = DurableAgent(banker)
 @workflow("pydai_banker")
 def pydai_banker(ctx, data):
     return {"answer": durable_banker.run_sync(ctx, "Pay the invoice.").output}
+
+
+# --- an async tool that blocks its event loop (a common mistake) --------------------------
+
+
+def lookup_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    done = _returns(messages)
+    note(f"model:{len(done)}")
+    if not done:
+        return ModelResponse(parts=[ToolCallPart("blocking_lookup", {}, tool_call_id="call-lookup")])
+    return ModelResponse(parts=[TextPart(str(done[0].content))])
+
+
+blocker = Agent(FunctionModel(lookup_model), name="blocker")
+
+
+@blocker.tool_plain
+async def blocking_lookup() -> str:
+    """Looks something up, blocking the loop while it does."""
+    note("tool:blocking_lookup")
+    with _lock:
+        stall = TROUBLE.pop("blocking_lookup", 0)
+    if stall:
+        threading.Event().wait(STALL_SECONDS)  # not awaited: nothing else on the loop runs meanwhile
+    return "found it"
+
+
+durable_blocker = DurableAgent(blocker, default_tool=ToolOptions(RetryPolicy(initial_interval=0), timeout=1))
+
+
+@workflow("pydai_blocker")
+def pydai_blocker(ctx, data):
+    return {"answer": durable_blocker.run_sync(ctx, "Look it up.").output}

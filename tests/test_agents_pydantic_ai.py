@@ -8,6 +8,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from agents import accounting
+from agents.integrations import pydantic_ai as durable
 from agents.models import ProviderCall
 from runs.export import export_json
 from runs.models import Run, Status, WaitKind
@@ -138,7 +139,7 @@ def test_it_retries_a_failing_tool_by_its_own_policy(doorbells):
     assert pw.ledger().count("model:0") == 1  # the replays did not ask the model again
 
 
-def test_a_tool_past_its_timeout_is_a_failed_attempt_and_tried_again(doorbells):
+def test_a_tool_past_its_timeout_fails_the_attempt_and_is_tried_again(doorbells):
     pw.TROUBLE["multiply"] = 1
     run = Run.objects.start("pydai_calculator", {})
     assert doorbells.drain() == ["ok/retry"]
@@ -150,6 +151,20 @@ def test_a_tool_past_its_timeout_is_a_failed_attempt_and_tried_again(doorbells):
     run.refresh_from_db()
     assert run.output["answer"] == "The answer is 35."
     assert [line for line in pw.ledger() if line.startswith("model")] == ["model:0", "model:1", "model:2"]
+
+
+def test_an_agent_that_cannot_stop_is_left_behind_and_the_run_goes_on(doorbells, monkeypatch, caplog):
+    # An async tool that blocks its event loop past its timeout: the agent cannot unwind in time.
+    monkeypatch.setattr(durable, "ABANDON_AFTER_SECONDS", 0.1)
+    pw.TROUBLE["blocking_lookup"] = 1
+    run = Run.objects.start("pydai_blocker", {})
+    assert doorbells.drain() == ["ok/retry"]
+    assert "its thread is abandoned" in caplog.text
+
+    sweep()
+    assert doorbells.drain() == ["succeeded"]
+    assert Run.objects.get(pk=run.pk).output == {"answer": "found it"}
+    assert pw.ledger().count("model:0") == 1
 
 
 def test_a_tool_that_needs_approval_waits_for_a_signal_shown_in_the_inbox(doorbells):

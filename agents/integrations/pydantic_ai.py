@@ -33,6 +33,7 @@ import concurrent.futures
 import contextvars
 import functools
 import json
+import logging
 import queue
 import threading
 import time
@@ -73,6 +74,11 @@ from steps.retry import DEFAULT_RETRY_POLICY
 APPROVAL_SIGNAL = "approval"
 # How a recorded tool output says the tool raised one of Pydantic AI's control-flow exceptions.
 RAISED = "__pydantic_ai_raised__"
+WAKE_SECONDS = 0.25
+# How long a cancelled agent may take to unwind (a sync tool's thread cannot be stopped).
+ABANDON_AFTER_SECONDS = 5.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -258,9 +264,7 @@ class _Bridge:
         except BaseException:
             # The run leaves this worker (a wait, a retry's backoff, a lost lease): stop the agent.
             self._cancel()
-            while self.requests.get() is not None:
-                pass
-            thread.join()
+            self._wind_down(thread)
             raise
         thread.join()
         if "error" in outcome:
@@ -277,9 +281,10 @@ class _Bridge:
         """In a step's body: run the real model request or tool on the agent's loop and wait."""
         future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         try:
+            while not future.done():
+                # Short waits: an interruption raised in this thread (steps.timeouts) lands between them.
+                concurrent.futures.wait([future], timeout=WAKE_SECONDS)
             return future.result()
-        except concurrent.futures.CancelledError:
-            raise llm.ProviderTimeout("the call was cancelled") from None
         finally:
             future.cancel()  # timed out or interrupted: do not let it run on
 
@@ -290,6 +295,23 @@ class _Bridge:
             self.loop.call_soon_threadsafe(_settle, answer, None, exc)
         else:
             self.loop.call_soon_threadsafe(_settle, answer, value, None)
+
+    def _wind_down(self, thread: threading.Thread) -> None:
+        """Wait a little for the cancelled agent to finish; a tool stuck in a thread is left behind.
+
+        The run's state is already recorded, so nothing the abandoned agent does can reach it.
+        """
+        deadline = time.monotonic() + ABANDON_AFTER_SECONDS
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                request = self.requests.get(timeout=left)
+            except queue.Empty:
+                break
+            if request is None:
+                thread.join()
+                return
+            self.loop.call_soon_threadsafe(request[2].cancel)  # a step asked for while unwinding
+        log.warning("a Pydantic AI agent did not stop in %ss; its thread is abandoned", ABANDON_AFTER_SECONDS)
 
     def _cancel(self) -> None:
         if self.loop is not None and self.main is not None:
