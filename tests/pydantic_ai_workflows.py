@@ -11,6 +11,7 @@ import os
 import threading
 
 from pydantic_ai import Agent
+from pydantic_ai.exceptions import ModelHTTPError
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
@@ -171,3 +172,25 @@ durable_blocker = DurableAgent(blocker, default_tool=ToolOptions(RetryPolicy(ini
 @workflow("pydai_blocker")
 def pydai_blocker(ctx, data):
     return {"answer": durable_blocker.run_sync(ctx, "Look it up.").output}
+
+
+# --- a model that answers with HTTP errors ----------------------------------------------
+
+
+def erring_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    note("model")
+    with _lock:
+        statuses = TROUBLE.setdefault("statuses", [])
+        status = statuses.pop(0) if statuses else None
+    if status:
+        raise ModelHTTPError(status, "erring-model", {"error": f"HTTP {status}"})
+    return ModelResponse(parts=[TextPart("fine")])
+
+
+erring = Agent(FunctionModel(erring_model), name="erring")
+durable_erring = DurableAgent(erring, model_retry=RetryPolicy(max_attempts=3, initial_interval=0, jitter=0))
+
+
+@workflow("pydai_erring")
+def pydai_erring(ctx, data):
+    return {"answer": durable_erring.run_sync(ctx, "Hello?").output}

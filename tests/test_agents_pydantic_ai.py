@@ -232,3 +232,26 @@ def test_an_operator_approves_the_tool_call_from_the_inbox(client, doorbells):
     assert doorbells.drain() == ["succeeded"]
     assert Run.objects.get(pk=run.pk).output == {"answer": "Transfer: sent 5000"}
     assert pw.ledger().count("tool:transfer") == 1
+
+
+def test_a_rate_limited_model_request_is_retried_and_each_attempt_is_billed(doorbells):
+    pw.TROUBLE["statuses"] = [429]
+    run = Run.objects.start("pydai_erring", {})
+    assert doorbells.drain() == ["ok/retry"]
+    sweep()
+    assert doorbells.drain() == ["succeeded"]
+
+    assert Run.objects.get(pk=run.pk).output == {"answer": "fine"}
+    outcomes = ProviderCall.objects.filter(run=run).values_list("attempt", "outcome")
+    assert list(outcomes) == [(1, "ModelHTTPError"), (2, "ok")]
+
+
+def test_a_refused_model_request_fails_the_run_at_once(doorbells):
+    pw.TROUBLE["statuses"] = [401]
+    run = Run.objects.start("pydai_erring", {})
+    assert doorbells.drain() == ["failed"]
+
+    run.refresh_from_db()
+    assert (run.error_type, run.error_position) == ("AuthenticationFailed", 0)
+    assert "HTTP 401" in run.error_message
+    assert pw.ledger() == ["model"]

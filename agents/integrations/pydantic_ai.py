@@ -57,7 +57,7 @@ from pydantic_ai.messages import (
     ModelMessagesTypeAdapter,
     ModelRequest,
     ModelResponse,
-    RetryPromptPart,
+    RetryFeedbackPart,
     SystemPromptPart,
     TextPart,
     ToolCallPart,
@@ -163,7 +163,7 @@ class DurableAgent:
             except BaseException as exc:
                 outcome = type(exc).__name__
                 if isinstance(exc, ModelHTTPError) and _final_status(exc.status_code):
-                    raise llm.BadRequest(f"{exc.model_name}: HTTP {exc.status_code}: {exc.body}") from exc
+                    raise _refused(exc) from exc
                 raise
             finally:
                 latency_ms = int((time.monotonic() - started) * 1000)
@@ -368,6 +368,12 @@ def _approval_prompt(agent_name: str, call: ToolCallPart) -> str:
     return f'Agent "{agent_name}" asks to call {call.tool_name}({arguments}). Approve?'
 
 
+def _refused(exc: ModelHTTPError) -> llm.LLMError:
+    """The non-retryable error of agents.llm that a provider's 4xx stands for."""
+    kind = llm.AuthenticationFailed if exc.status_code in (401, 403) else llm.BadRequest
+    return kind(f"{exc.model_name}: HTTP {exc.status_code}: {exc.body}")
+
+
 def _final_status(status: int) -> bool:
     """A 4xx that asking again cannot fix (not 408 timeout, 409 conflict, 429 rate limit)."""
     return 400 <= status < 500 and status not in (408, 409, 429)
@@ -415,7 +421,7 @@ def _request_turn(part) -> list[dict]:
         return [
             {"role": "tool", "tool_call_id": part.tool_call_id, "name": part.tool_name, "content": content}
         ]
-    if isinstance(part, RetryPromptPart):
+    if isinstance(part, RetryFeedbackPart):  # the reply could not be used: the model is told why
         return [{"role": "user", "content": part.model_response()}]
     return []
 
