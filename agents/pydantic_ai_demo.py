@@ -101,5 +101,4 @@ durable_shop_agent = DurableAgent(
 
 def answer(ctx, data: dict) -> dict:
     result = durable_shop_agent.run_sync(ctx, data["ticket"])
-    usage = result.usage
-    return {"reply": result.output, "model_requests": usage.requests, "tool_calls": usage.tool_calls}
+    return {"reply": result.output, "model_requests": result.usage.requests}

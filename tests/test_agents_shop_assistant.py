@@ -38,7 +38,7 @@ def test_it_refunds_a_small_order_at_once(doorbells):
 
     run.refresh_from_db()
     assert run.output["reply"].startswith("Thank you for writing to us. Refunded $12.50 for order A-1002")
-    assert (run.output["model_requests"], run.output["tool_calls"]) == (3, 2)
+    assert run.output["model_requests"] == 3
     model = "llm:shop_assistant"
     assert steps(run) == [model, "tool:look_up_order", model, "tool:issue_refund", model]
     payment = Payment.objects.get()
@@ -59,6 +59,7 @@ def test_a_large_refund_waits_for_a_person_then_is_paid_once(doorbells):
     assert doorbells.drain() == ["succeeded"]
     run.refresh_from_db()
     assert "Refunded $42.00 for order A-1006" in run.output["reply"]
+    assert run.output["model_requests"] == 3  # counted before and after the wait
     assert Payment.objects.count() == 1
     assert steps(run).count("tool:issue_refund") == 2  # asked for approval, then paid
 

@@ -122,6 +122,7 @@ class DurableAgent:
                 return result
             decisions = self._ask_people(ctx, result.output)
             history, user_prompt = result.all_messages(), None
+            options["usage"] = result.usage  # the result counts the requests and calls of every part
 
     async def _run(self, user_prompt, history, decisions, output_type, options, bridge: _Bridge):
         checkpoints = _Checkpoints(self, bridge)
