@@ -7,6 +7,8 @@
   notes, answer) whose number of steps depends on the question.
 - `approval_agent`: prepares a refund, waits for a human's `approval` signal until
   a deadline, escalates when nobody answers, then acts on the decision.
+- `shop_assistant`: a Pydantic AI agent (agents/pydantic_ai_demo.py) made durable by
+  agents.integrations.pydantic_ai; a large refund waits for a person's approval.
 
 Listed in DURABLE_WORKFLOW_MODULES by default, so workers know these workflows.
 The fake model's replies for their system prompts are registered here too.
@@ -27,7 +29,7 @@ from agents.tools import call as call_tool
 from agents.tools import idempotency_key, tool
 from runs.workflow import NonRetryableError, RetryPolicy, current_step, workflow
 
-WORKFLOWS = ("refund_agent", "research_agent", "approval_agent")
+WORKFLOWS = ("refund_agent", "research_agent", "approval_agent", "shop_assistant")
 faults.FAULTABLE.update(WORKFLOWS)
 
 ORDER_NUMBER = r"[A-Z]-\d{4}"
@@ -365,6 +367,17 @@ def _fake_proposal(request) -> str:
         + (f": {facts['reason']}" if facts.get("reason") else ".")
     )
     return json.dumps({"summary": summary, "risk": "high" if amount > 20_000 else "low"})
+
+
+# --- the Pydantic AI agent ------------------------------------------------------------
+
+
+@workflow("shop_assistant")
+def shop_assistant(ctx, data):
+    # Imported here: only the workers that run it load Pydantic AI.
+    from agents import pydantic_ai_demo
+
+    return pydantic_ai_demo.answer(ctx, data)
 
 
 # --- helpers for the fake model -------------------------------------------------------

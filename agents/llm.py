@@ -326,7 +326,7 @@ def complete(request: LLMRequest) -> dict:
         finally:
             latency_ms = int((time.monotonic() - started) * 1000)
             usage = (reply.input_tokens, reply.output_tokens) if reply else (0, 0)
-            _record_call(provider.name, (reply and reply.model) or model, outcome, usage, latency_ms)
+            record_call(provider.name, (reply and reply.model) or model, outcome, usage, latency_ms)
             if reply is not None:
                 span.set_attributes(_reply_attributes(reply))
     _describe_step(provider.name, reply, request, result, latency_ms)
@@ -420,7 +420,8 @@ def _in_step():
         return None
 
 
-def _record_call(provider: str, model: str, outcome: str, usage: tuple[int, int], latency_ms: int) -> None:
+def record_call(provider: str, model: str, outcome: str, usage: tuple[int, int], latency_ms: int) -> None:
+    """A billing row (ProviderCall) for one request a provider received, inside a step or not."""
     from agents.models import ProviderCall
 
     info = _in_step()
@@ -455,40 +456,54 @@ def _clip(messages: list[dict]) -> list[dict]:
 
 
 def _describe_step(provider: str, reply: ProviderReply, request: LLMRequest, result: dict, latency_ms: int):
+    reference = request.get("history")
+    sent = request["messages"][reference["messages"] :] if reference else request["messages"]
+    describe_call(
+        provider,
+        reply.model or request["model"],
+        request={
+            # Only what is new since the call it references: the run page rebuilds the rest.
+            **({"history": dict(reference)} if reference else {}),
+            "messages": sent,
+            "tools": [tool["name"] for tool in request.get("tools") or []],
+            "json": bool(request.get("json")),
+            "temperature": request.get("temperature"),
+            "max_tokens": request.get("max_tokens"),
+        },
+        response={
+            "id": reply.response_id,
+            "content": result["content"],
+            "tool_calls": result["tool_calls"],
+            "finish_reason": result["finish_reason"],
+        },
+        usage=(reply.input_tokens, reply.output_tokens),
+        latency_ms=latency_ms,
+    )
+
+
+def describe_call(
+    provider: str, model: str, *, request: dict, response: dict, usage: tuple[int, int], latency_ms: int
+) -> None:
+    """Put a model call's facts on the running step's checkpoint meta, as the run page reads them.
+
+    `request` holds the provider-neutral `messages` (see the module docstring) and the
+    `tools` offered; `response` the reply's `content`, `tool_calls` and `finish_reason`.
+    Outside a step it does nothing. Other integrations (agents.integrations) call it too.
+    """
     info = _in_step()
     if info is None:
         return
-    model = reply.model or request["model"]
-    reference = request.get("history")
-    sent = request["messages"][reference["messages"] :] if reference else request["messages"]
     # Shown on the run page and exported: no secret a prompt or a reply happened to hold.
     info.meta.update(
         kind="llm",
         label=info.name.partition(":")[2],
         provider=provider,
         model=model,
-        request=redact_value(
-            {
-                # Only what is new since the call it references: the run page rebuilds the rest.
-                **({"history": dict(reference)} if reference else {}),
-                "messages": _clip(sent),
-                "tools": [tool["name"] for tool in request.get("tools") or []],
-                "json": bool(request.get("json")),
-                "temperature": request.get("temperature"),
-                "max_tokens": request.get("max_tokens"),
-            }
-        ),
-        response=redact_value(
-            {
-                "id": reply.response_id,
-                "content": result["content"],
-                "tool_calls": result["tool_calls"],
-                "finish_reason": result["finish_reason"],
-            }
-        ),
-        input_tokens=reply.input_tokens,
-        output_tokens=reply.output_tokens,
+        request=redact_value({**request, "messages": _clip(request.get("messages") or [])}),
+        response=redact_value(response),
+        input_tokens=usage[0],
+        output_tokens=usage[1],
         latency_ms=latency_ms,
-        cost_usd=estimate_cost(model, reply.input_tokens, reply.output_tokens),
+        cost_usd=estimate_cost(model, *usage),
         attempt=info.attempt,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import inspect
 import signal
@@ -109,10 +110,12 @@ def _call_with_alarm(fn, args, kwargs, seconds):
 
 def _call_in_thread(fn, args, kwargs, seconds):
     outcome: dict[str, Any] = {}
+    # The step's code sees the caller's context variables (current_step() among them).
+    context = contextvars.copy_context()
 
     def target():
         try:
-            outcome["value"] = fn(*args, **kwargs)
+            outcome["value"] = context.run(fn, *args, **kwargs)
         except BaseException as exc:  # handed back to the calling thread
             outcome["error"] = exc
 

@@ -38,15 +38,15 @@ def by_key(key):
 def test_it_starts_the_demo_runs_once(doorbells):
     first = seed()
     assert "Created 6 demo shop orders" in first
-    assert "Started 7 demo agent runs" in first
+    assert "Started 9 demo agent runs" in first
     assert "FAILS: the payment gateway is down" in first
     assert 'WAITS for approval: send signal "approval"' in first
-    assert Run.objects.count() == 7
-    assert len(doorbells.rung) == 7
+    assert Run.objects.count() == 9
+    assert len(doorbells.rung) == 9
 
     again = seed()
-    assert again.strip() == "Demo runs were seeded before (7 runs); nothing started."
-    assert Run.objects.count() == 7
+    assert again.strip() == "Demo runs were seeded before (9 runs); nothing started."
+    assert Run.objects.count() == 9
     assert Order.objects.count() == 6
 
 
@@ -68,11 +68,16 @@ def test_it_leaves_one_failed_run_to_recover_and_one_waiting_for_approval(doorbe
         "demo:research-recovery": Status.SUCCEEDED,
         "demo:approval-waiting": Status.WAITING,
         "demo:approval-escalates": Status.WAITING,
+        "demo:shop-assistant": Status.WAITING,
+        "demo:shop-assistant-question": Status.SUCCEEDED,
     }
     failed = by_key("refund-outage")
     assert failed.error_type == "PaymentTimeout"
     waiting = by_key("approval-waiting")
     assert (waiting.wait_kind, waiting.wait_signal) == (WaitKind.SIGNAL, "approval")
+    assistant = by_key("shop-assistant")
+    assert (assistant.wait_kind, assistant.wait_signal) == (WaitKind.SIGNAL, "approval")
+    assert "issue_refund" in assistant.wait_prompt
     escalated = by_key("approval-escalates")
     assert escalated.live_checkpoints().filter(name="tool:escalate").exists()
 

@@ -65,3 +65,15 @@ def test_an_interruption_never_lands_after_the_step(seconds):
     for _ in range(3):
         outcome = on_a_thread(then_keep_going)
         assert "error" not in outcome, outcome
+
+
+def test_a_step_with_its_own_timeout_sees_current_step_on_a_run_thread():
+    # Off the main thread such a step runs on a helper thread: it must still know itself
+    # (tools read current_step() for their idempotency key).
+    from runs.workflow import StepInfo, _current_step, current_step
+
+    def step_on_run_thread():
+        _current_step.set(StepInfo(run_id=1, name="tool:pay", position=3, attempt=1, idempotency_key="k-3"))
+        return call_with_timeout(lambda: current_step().idempotency_key, (), {}, 5, own=True)
+
+    assert on_a_thread(step_on_run_thread) == {"value": "k-3"}

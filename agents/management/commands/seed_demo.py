@@ -71,11 +71,23 @@ DEMO_RUNS = [
         {"order": "A-1004", "reason": "Wrong nib size", "deadline_seconds": 60},
         "escalates after 1 minute without a decision, then waits again",
     ),
+    DemoRun(
+        "shop-assistant",
+        "shop_assistant",
+        {"ticket": "My slide rule from order A-1006 arrived damaged. Could I have a refund?"},
+        'a Pydantic AI agent; WAITS for approval of its $42 refund: send "approval" with {"approved": true}',
+    ),
+    DemoRun(
+        "shop-assistant-question",
+        "shop_assistant",
+        {"ticket": "Has order A-1002 shipped yet?"},
+        "a Pydantic AI agent looks the order up and answers",
+    ),
 ]
 
 
 class Command(BaseCommand):
-    help = "Start the demo agent runs (refund, research, approval) unless they were started before."
+    help = "Start the demo agent runs (refund, research, approval, shop assistant) unless started before."
 
     def handle(self, *args, **options) -> None:
         missing = sorted(set(demos.WORKFLOWS) - set(registry.names()))
