@@ -216,7 +216,7 @@ INSTALLED_APPS = [
     "schedules",
     "notifications",
     "harness",
-    "agents",
+    "agentkit",
     "api",
 ]
 
@@ -354,7 +354,7 @@ LOGGING = {
     "root": {"handlers": ["stderr"], "level": "WARNING"},
     "loggers": {
         "runs": {"level": LOG_LEVEL},
-        "agents": {"level": LOG_LEVEL},
+        "agentkit": {"level": LOG_LEVEL},
         # Server errors with their traceback; 4xx lines are the access log's business.
         "django.request": {"handlers": ["stderr"], "level": "ERROR", "propagate": False},
         # Failed tasks with their traceback; one line per successful task (and per sweep,
@@ -457,7 +457,7 @@ DURABLE_CONCURRENCY = envlimits("DURABLE_CONCURRENCY", parse_concurrency)
 # e.g. "openai:gpt-4o=5/1,anthropic=50/60".
 DURABLE_RATE_LIMITS = envlimits("DURABLE_RATE_LIMITS", parse_rate)
 # Modules whose import registers workflows (comma-separated).
-DURABLE_WORKFLOW_MODULES = envlist("DURABLE_WORKFLOW_MODULES", ["agents.demos"])
+DURABLE_WORKFLOW_MODULES = envlist("DURABLE_WORKFLOW_MODULES", ["agentkit.demos"])
 # JSON that people and clients send (run input, signal payloads, checkpoint edits) is
 # refused beyond this many bytes of text, and every stored JSON value beyond this many
 # levels of nested arrays and objects (runs.jsoninput). Past ~200 levels Python's own

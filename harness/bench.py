@@ -320,12 +320,12 @@ class Bench:
         """What a long agent loop stores per model call, early and late in the loop.
 
         Each call keeps its new messages and a reference to the call it extends
-        (agents.history); keeping the whole conversation instead, as checkpoints did
+        (agentkit.history); keeping the whole conversation instead, as checkpoints did
         before, is computed from the same checkpoints for comparison. Bytes are the
         JSON text of the checkpoint's input, output and meta (before the database's
         own compression).
         """
-        from agents import history
+        from agentkit import history
         from runs.engine import execute_run
         from steps.models import Checkpoint
 

@@ -9,8 +9,8 @@ from contextlib import nullcontext
 
 from django.db import IntegrityError, transaction
 
-from agents import fake, tools
-from agents.loop import run_agent
+from agentkit import fake, tools
+from agentkit.loop import run_agent
 from harness.models import Call, SideEffect
 from runs.workflow import RetryPolicy, current_step, step, workflow
 

@@ -140,7 +140,7 @@ DEFAULTS: dict[str, Setting] = {
     "DURABLE_BASE_URL": Setting(
         "", "start of the links in notifications, e.g. https://runs.example.com", "text"
     ),
-    # --- the agents toolkit (agents/): model providers, prices, the offline fake and demo faults
+    # --- the agent toolkit (agentkit/): model providers, prices, the offline fake and demo faults
     "AGENTS_LLM_PROVIDER": Setting(
         "auto", "fake, openai, anthropic, or auto (first key set, else fake)", "text", choices=LLM_PROVIDERS
     ),
@@ -296,7 +296,7 @@ REQUIRED_APPS = [
     "steps",
     "schedules",
     "notifications",
-    "agents",
+    "agentkit",
     "api",
 ]
 

@@ -10,8 +10,8 @@ carry a token; what is stored is shown on the run page, in the API and in export
 - API keys by their look: `sk-…` (OpenAI), `sk-ant-…` (Anthropic);
 - `Bearer …` tokens, and the values of `Authorization:` and `x-api-key:` headers.
 
-runs.engine.describe applies it to every failed attempt, step and run; agents.llm to
-what a model call leaves on its checkpoint, agents.models.ProviderCall to its rows.
+runs.engine.describe applies it to every failed attempt, step and run; agentkit.llm to
+what a model call leaves on its checkpoint, agentkit.models.ProviderCall to its rows.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ A run's trace:
 - `execute <workflow>`: one delivery (claim to release), with its outcome.
 - `step <name>`: one attempt of a step, failed attempts with an error status. A model call
   inside it is a `chat <model>` span with the GenAI semantic conventions' attributes
-  (agents.llm), a tool's step is marked `execute_tool` (agents.tools).
+  (agentkit.llm), a tool's step is marked `execute_tool` (agentkit.tools).
 """
 
 from __future__ import annotations

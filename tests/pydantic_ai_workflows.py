@@ -15,8 +15,8 @@ from pydantic_ai.exceptions import ModelHTTPError
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from agents import faults
-from agents.integrations.pydantic_ai import DurableAgent, ToolOptions
+from agentkit import faults
+from agentkit.integrations.pydantic_ai import DurableAgent, ToolOptions
 from runs.workflow import RetryPolicy, workflow
 
 # Tools that should fail or stall before they succeed: name -> how many more times.

@@ -7,8 +7,8 @@ worker processes write and this test reads, so a repeated model call would show.
 import pytest
 from django.db.models import Count
 
-from agents import history
-from agents.models import FaultMark, ProviderCall
+from agentkit import history
+from agentkit.models import FaultMark, ProviderCall
 from runs.models import Run, Status
 from steps.models import Checkpoint
 from tests.processes import Cluster, wait_for
@@ -22,7 +22,7 @@ MODEL_STEP = 8  # the fifth model call of this question's 15 steps
 def agent_cluster(tmp_path, **env):
     return Cluster(
         tmp_path,
-        DURABLE_WORKFLOW_MODULES="tests.workflows,agents.demos",
+        DURABLE_WORKFLOW_MODULES="tests.workflows,agentkit.demos",
         AGENTS_LLM_PROVIDER="fake",
         AGENTS_FAKE_FAILURE_RATE="0",
         AGENTS_FAKE_LATENCY="0.02",

@@ -6,9 +6,9 @@ import pytest
 from django.template import Context, Template
 from django.utils import timezone
 
-from agents import accounting, fake, history, llm
-from agents.models import ProviderCall
-from agents.templatetags.llm import usd
+from agentkit import accounting, fake, history, llm
+from agentkit.models import ProviderCall
+from agentkit.templatetags.llm import usd
 from runs.models import Run
 from runs.workflow import workflow
 from steps.models import Checkpoint

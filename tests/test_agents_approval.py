@@ -6,8 +6,8 @@ import pytest
 import time_machine
 from django.utils import timezone
 
-from agents import demos, fake
-from agents.models import Notification, Order, OrderStatus, Payment
+from agentkit import demos, fake
+from agentkit.models import Notification, Order, OrderStatus, Payment
 from runs.models import Run, Status, WaitKind
 from runs.recovery import sweep
 

@@ -7,9 +7,9 @@ import json
 import pytest
 from django.urls import reverse
 
-from agents import accounting, fake, history, llm, tools
-from agents.loop import run_agent
-from agents.models import ProviderCall
+from agentkit import accounting, fake, history, llm, tools
+from agentkit.loop import run_agent
+from agentkit.models import ProviderCall
 from harness import workflows as bench_workflows  # registers bench_agent_loop and its tool
 from runs import stepinputs
 from runs.models import Run, Status

@@ -6,8 +6,8 @@ import pytest
 import time_machine
 from django.utils import timezone
 
-from agents import fake, llm
-from agents.models import ProviderCall
+from agentkit import fake, llm
+from agentkit.models import ProviderCall
 from runs.models import Run, Status
 from runs.recovery import sweep
 from runs.workflow import step, workflow

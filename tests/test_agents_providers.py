@@ -5,9 +5,9 @@ import json
 import httpx2
 import pytest
 
-from agents import llm
-from agents.models import ProviderCall
-from agents.providers import AnthropicProvider, OpenAIProvider
+from agentkit import llm
+from agentkit.models import ProviderCall
+from agentkit.providers import AnthropicProvider, OpenAIProvider
 from runs.models import Run, Status
 from runs.recovery import sweep
 from runs.workflow import workflow

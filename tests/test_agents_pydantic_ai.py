@@ -7,9 +7,9 @@ import time_machine
 from django.urls import reverse
 from django.utils import timezone
 
-from agents import accounting
-from agents.integrations import pydantic_ai as durable
-from agents.models import ProviderCall
+from agentkit import accounting
+from agentkit.integrations import pydantic_ai as durable
+from agentkit.models import ProviderCall
 from runs.export import export_json
 from runs.models import Run, Status, WaitKind
 from runs.recovery import sweep

@@ -7,7 +7,7 @@ resume, every model request and every tool call shows up exactly once.
 
 import pytest
 
-from agents.models import FaultMark, ProviderCall
+from agentkit.models import FaultMark, ProviderCall
 from runs.models import Run, Status
 from steps.models import Checkpoint
 from tests import pydantic_ai_workflows  # noqa: F401  (registers the workflow here too)

@@ -6,8 +6,8 @@ import pytest
 import time_machine
 from django.utils import timezone
 
-from agents import demos, fake, faults
-from agents.models import Order, OrderStatus, Payment, PaymentRequest, ProviderCall
+from agentkit import demos, fake, faults
+from agentkit.models import Order, OrderStatus, Payment, PaymentRequest, ProviderCall
 from runs.models import Run, Status
 from runs.recovery import sweep
 from steps.models import Attempt, Checkpoint

@@ -3,8 +3,8 @@
 import pytest
 from django.db.models import Count
 
-from agents import demos, fake, faults
-from agents.models import FaultMark, Note, ProviderCall
+from agentkit import demos, fake, faults
+from agentkit.models import FaultMark, Note, ProviderCall
 from runs.models import Run, Status
 from runs.recovery import sweep
 from steps.models import Checkpoint

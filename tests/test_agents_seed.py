@@ -8,8 +8,8 @@ import time_machine
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from agents import fake
-from agents.models import Order
+from agentkit import fake
+from agentkit.models import Order
 from runs.models import Run, Status, WaitKind
 from runs.recovery import sweep
 from runs.workflow import registry
@@ -90,5 +90,5 @@ def test_it_leaves_one_failed_run_to_recover_and_one_waiting_for_approval(doorbe
 
 def test_it_says_what_is_missing_when_the_demo_workflows_are_not_registered(monkeypatch):
     monkeypatch.setattr(registry, "names", lambda: ["something_else"])
-    with pytest.raises(CommandError, match=r"Add agents\.demos to DURABLE_WORKFLOW_MODULES"):
+    with pytest.raises(CommandError, match=r"Add agentkit\.demos to DURABLE_WORKFLOW_MODULES"):
         seed()

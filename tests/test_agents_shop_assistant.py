@@ -9,9 +9,9 @@ import pytest
 import time_machine
 from django.utils import timezone
 
-from agents import demos
-from agents.integrations.pydantic_ai import RAISED
-from agents.models import Order, OrderStatus, Payment, ProviderCall
+from agentkit import demos
+from agentkit.integrations.pydantic_ai import RAISED
+from agentkit.models import Order, OrderStatus, Payment, ProviderCall
 from runs.export import export_json
 from runs.models import Run, Status
 from runs.recovery import sweep
@@ -77,7 +77,7 @@ def test_a_payment_timeout_is_retried_with_the_same_idempotency_key(doorbells, s
 
 
 def test_workers_that_never_run_it_never_load_pydantic_ai():
-    code = "import django; django.setup(); import agents.demos, sys; print('pydantic_ai' in sys.modules)"
+    code = "import django; django.setup(); import agentkit.demos, sys; print('pydantic_ai' in sys.modules)"
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings"}
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert loaded.stdout.strip() == "False"

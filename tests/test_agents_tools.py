@@ -2,9 +2,9 @@
 
 import pytest
 
-from agents import fake, llm, tools
-from agents.loop import run_agent
-from agents.models import ProviderCall
+from agentkit import fake, llm, tools
+from agentkit.loop import run_agent
+from agentkit.models import ProviderCall
 from runs.models import Run, Status
 from runs.workflow import RetryPolicy, workflow
 from steps.models import Attempt, Checkpoint

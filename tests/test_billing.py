@@ -9,9 +9,9 @@ from django.apps import apps
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from agents import accounting, fake, llm, tasks
-from agents.models import ProviderCall
-from agents.retention import prune_calls
+from agentkit import accounting, fake, llm, tasks
+from agentkit.models import ProviderCall
+from agentkit.retention import prune_calls
 from config.celery import app
 from runs.models import AuditEntry, Run
 from runs.retention import prune
@@ -91,7 +91,7 @@ def test_the_migration_copies_each_calls_workflow_from_its_run(doorbells):
     run = billed_run(doorbells)
     ProviderCall.objects.update(workflow="")
     call(timedelta(0))  # no run: stays without a workflow
-    migration = importlib.import_module("agents.migrations.0002_billing_outlives_runs")
+    migration = importlib.import_module("agentkit.migrations.0002_billing_outlives_runs")
     migration.copy_workflows(apps, None)
     assert list(ProviderCall.objects.order_by("pk").values_list("run_id", "workflow")) == [
         (run.pk, "agents_test_billing"),

@@ -12,7 +12,7 @@ from django.test import override_settings
 from runs import conf
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGED = ["runs", "steps", "agents", "api", "schedules", "notifications"]
+PACKAGED = ["runs", "steps", "agentkit", "api", "schedules", "notifications"]
 
 
 def defaults(**changes) -> SimpleNamespace:

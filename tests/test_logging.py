@@ -68,7 +68,7 @@ def test_task_failures_and_engine_and_agent_warnings_reach_stderr_with_debug_off
     result = run_python(
         "import logging\n"
         "logging.getLogger('runs.engine').warning('an engine warning')\n"
-        "logging.getLogger('agents.llm').warning('an agents warning')\n"
+        "logging.getLogger('agentkit.llm').warning('an agents warning')\n"
         "from config.celery import app\n"
         "@app.task(name='tests.fail')\n"
         "def fail():\n"
@@ -77,7 +77,7 @@ def test_task_failures_and_engine_and_agent_warnings_reach_stderr_with_debug_off
         DEBUG="false",
     )
     assert "WARNING runs.engine" in result.stderr and "an engine warning" in result.stderr
-    assert "WARNING agents.llm" in result.stderr and "an agents warning" in result.stderr
+    assert "WARNING agentkit.llm" in result.stderr and "an agents warning" in result.stderr
     assert "ERROR celery.app.trace" in result.stderr
     assert "Traceback (most recent call last)" in result.stderr
     assert "ValueError: the task failed" in result.stderr

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGED = ["runs", "steps", "agents", "api", "schedules", "notifications"]
+PACKAGED = ["runs", "steps", "agentkit", "api", "schedules", "notifications"]
 EXAMPLE = REPO / "examples" / "host_project"
 
 pytestmark = [
@@ -110,7 +110,9 @@ def test_the_wheel_runs_the_example_project_from_a_fresh_virtualenv(tmp_path):
     manage = [str(python), "manage.py"]
 
     where = run(
-        [str(python), "-c", "import runs, steps, agents; print(runs.__file__, agents.__file__)"], example, env
+        [str(python), "-c", "import runs, steps, agentkit; print(runs.__file__, agentkit.__file__)"],
+        example,
+        env,
     )
     assert all(path.startswith(str(tmp_path / "venv")) for path in where.split()), where
 

@@ -7,9 +7,9 @@ import httpx2
 import pytest
 from django.core.management import call_command
 
-from agents import llm
-from agents.models import ProviderCall
-from agents.providers import OpenAIProvider
+from agentkit import llm
+from agentkit.models import ProviderCall
+from agentkit.providers import OpenAIProvider
 from runs.models import Run, Status
 from runs.redaction import redact, redact_value
 from runs.workflow import workflow

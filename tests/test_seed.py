@@ -85,8 +85,8 @@ def test_it_adds_a_long_run_on_request():
 
 
 def test_model_calls_are_billed_as_the_agents_record_them():
-    from agents import accounting
-    from agents.models import ProviderCall
+    from agentkit import accounting
+    from agentkit.models import ProviderCall
 
     seed(100, "--seed", 4)
     llm_steps = Checkpoint.objects.filter(name__startswith="llm")

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProces
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from agents import fake, llm
+from agentkit import fake, llm
 from runs import tracing
 from runs.models import Run, Status
 from runs.recovery import sweep
@@ -314,13 +314,13 @@ def exported_spans() -> list:
 
 @pytest.mark.acceptance
 def test_a_run_resumed_on_another_worker_after_a_kill_stays_one_trace(tmp_path, collector):
-    from agents.models import FaultMark, ProviderCall
+    from agentkit.models import FaultMark, ProviderCall
     from tests.processes import Cluster, wait_for
 
     model_step = 8  # the research agent's fifth model call
     cluster = Cluster(
         tmp_path,
-        DURABLE_WORKFLOW_MODULES="tests.workflows,agents.demos",
+        DURABLE_WORKFLOW_MODULES="tests.workflows,agentkit.demos",
         AGENTS_LLM_PROVIDER="fake",
         AGENTS_FAKE_FAILURE_RATE="0",
         AGENTS_PAUSE_AT_STEP=str(model_step),

@@ -6,9 +6,9 @@ import pytest
 from django.core.cache import cache
 from django.urls import reverse
 
-from agents import demos, fake, llm
-from agents.models import Payment
-from agents.templatetags.llm import usd
+from agentkit import demos, fake, llm
+from agentkit.models import Payment
+from agentkit.templatetags.llm import usd
 from runs.models import Run, Status
 from runs.views.overview import OVERVIEW_CACHE_KEY
 from runs.views.run_page import INLINE_STEPS

@@ -410,7 +410,7 @@ def test_it_shows_parallel_branches(viewer_client):
         "run": run,
         "position": 1,
         "name": "fetch_page",
-        "target": "agents.tools:fetch",
+        "target": "agentkit.tools:fetch",
         "started_at": now,
     }
     Branch.objects.create(

@@ -14,7 +14,7 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from agents import accounting
+from agentkit import accounting
 from runs.models import AuditEntry, OutcomeHour, Status
 from runs.views.common import AuthenticatedHttpRequest, check_viewer, login_required
 from steps.models import Checkpoint

@@ -16,7 +16,7 @@ from django.http import HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from agents import accounting
+from agentkit import accounting
 from runs.bulk import with_retry_figures
 from runs.forms import BULK_LIMIT, RunFilterForm
 from runs.models import Run, Status, WorkerProcess

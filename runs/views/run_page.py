@@ -17,7 +17,7 @@ from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from agents import accounting
+from agentkit import accounting
 from runs.forms import EditOutputForm, SignalForm, pretty
 from runs.models import Run, Status, WaitKind, WorkerProcess, code_versions_from
 from runs.templatetags.dashboard import JSON_CAP

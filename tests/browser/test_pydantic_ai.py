@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from agents import demos
-from agents.models import Payment
+from agentkit import demos
+from agentkit.models import Payment
 from runs.models import Run, Status
 from tests.browser.conftest import screenshot
 from tests.browser.test_dashboard import confirm, settle

@@ -31,7 +31,7 @@ INSTALLED_APPS = [
     "steps",
     "schedules",
     "notifications",
-    "agents",
+    "agentkit",
     "api",
 ]
 

@@ -18,7 +18,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
 from django.utils import timezone
 
-from agents.models import ProviderCall
+from agentkit.models import ProviderCall
 from runs.models import AuditEntry, Run, Status, WaitKind
 from steps.models import Attempt, Checkpoint, CheckpointStatus
 
@@ -65,7 +65,7 @@ def traceback_for(step: str, error_type: str, message: str) -> str:
         "Traceback (most recent call last):\n"
         '  File "runs/engine.py", line 192, in _execute\n'
         "    value = call_with_timeout(definition.fn, args, kwargs, definition.timeout)\n"
-        f'  File "agents/steps.py", line 88, in {step}\n'
+        f'  File "agentkit/steps.py", line 88, in {step}\n'
         "    response = client.request(payload)\n"
         f"{error_type}: {message}\n"
     )
@@ -290,7 +290,7 @@ class Seeder:
         )
 
     def provider_calls(self, checkpoints: list[Checkpoint]) -> list[ProviderCall]:
-        """What the model provider billed for the seeded LLM steps, as agents.llm records it."""
+        """What the model provider billed for the seeded LLM steps, as agentkit.llm records it."""
         return [
             ProviderCall(
                 run=cp.run,

@@ -4,11 +4,11 @@ Totals come from ProviderCall, one row per request a provider received, failed
 attempts included (a malformed reply was still billed), so they are what the
 providers will charge. Calls outlive their runs and carry their workflow, so
 reports per workflow never join runs. Per-step figures come from the step's checkpoint meta,
-written by agents.llm when the call succeeded.
+written by agentkit.llm when the call succeeded.
 
     accounting.totals_for_runs([run.pk for run in page])   # one query
     accounting.cost_by_workflow()                          # last 24 h, ended hours summed once
-    accounting.llm_step(checkpoint.meta, earlier)          # no query (see agents.history)
+    accounting.llm_step(checkpoint.meta, earlier)          # no query (see agentkit.history)
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from typing import Any, TypedDict
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
-from agents import history
-from agents.models import ProviderCall, UsageHour, usage_by_workflow
+from agentkit import history
+from agentkit.models import ProviderCall, UsageHour, usage_by_workflow
 from runs import jsoninput
 
 # A value on an LLM step's page that cannot be formatted is shown raw, cut here.
 META_CAP = 20_000
 # The last messages of a model call's conversation shown with it; the earlier ones are
-# counted. Each is cut at agents.llm.META_TEXT_LIMIT characters when recorded.
+# counted. Each is cut at agentkit.llm.META_TEXT_LIMIT characters when recorded.
 CONVERSATION_SHOWN = 100
 
 
@@ -173,10 +173,10 @@ def _hour_after(moment: datetime) -> datetime:
 def llm_step(meta: dict | None, earlier: Iterable[tuple[int, Any]] = ()) -> LLMStep | None:
     """What the run page shows for a model call's checkpoint; None for other steps.
 
-    Steps written by agents.llm have `kind: "llm"` and a conversation; any other step
+    Steps written by agentkit.llm have `kind: "llm"` and a conversation; any other step
     that reports a model and token counts on its meta gets the figures without one.
     A call that kept only its new messages gets the rest from `earlier`, the run's
-    earlier checkpoints as agents.history.rebuild reads them (history.earlier_than).
+    earlier checkpoints as agentkit.history.rebuild reads them (history.earlier_than).
     """
     if not isinstance(meta, dict):
         return None

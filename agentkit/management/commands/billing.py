@@ -7,7 +7,7 @@ import getpass
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from agents import retention
+from agentkit import retention
 from runs.durations import parse_duration
 
 

@@ -1,6 +1,6 @@
 """LLM calls as checkpointed steps.
 
-    from agents import llm
+    from agentkit import llm
 
     @workflow("triage")
     def triage(ctx, data):
@@ -12,11 +12,11 @@ records on its checkpoint's `meta` the provider, model, request, response, input
 and output tokens, latency and estimated cost; a replayed run gets the recorded
 reply back without calling the model. A call that extends a conversation this run
 sent before records only the new messages and a reference to that call, on its
-input and its meta alike (agents.history), so an agent loop stores O(n) bytes.
+input and its meta alike (agentkit.history), so an agent loop stores O(n) bytes.
 Rate limits, timeouts, unavailable servers and malformed replies are retried with
 backoff; authentication and bad-request errors fail the step at once.
 
-Messages are provider-neutral dicts, translated for each SDK by agents.providers:
+Messages are provider-neutral dicts, translated for each SDK by agentkit.providers:
 
     {"role": "system" | "user", "content": str}
     {"role": "assistant", "content": str | None, "tool_calls": [{"id", "name", "arguments": {...}}]}
@@ -37,7 +37,7 @@ from typing import Any, Protocol, TypedDict
 from django.conf import settings
 from django.db import DatabaseError
 
-from agents import faults, history
+from agentkit import faults, history
 from runs import jsoninput, tracing
 from runs.redaction import redact, redact_value
 from runs.workflow import NonRetryableError, RetryPolicy, current_step, step
@@ -98,7 +98,7 @@ class LLMRequest(TypedDict, total=False):
     model: str
     messages: list[dict]
     # Set when `messages` are only the new ones: the conversation so far is the one the
-    # call at this position was sent (agents.history); providers get it whole.
+    # call at this position was sent (agentkit.history); providers get it whole.
     history: history.Reference
     tools: list[ToolSpec]
     json: bool
@@ -129,19 +129,19 @@ class Provider(Protocol):
 
 
 def _fake() -> Provider:
-    from agents.fake import FakeProvider
+    from agentkit.fake import FakeProvider
 
     return FakeProvider()
 
 
 def _openai() -> Provider:
-    from agents.providers import OpenAIProvider
+    from agentkit.providers import OpenAIProvider
 
     return OpenAIProvider(api_key=settings.OPENAI_API_KEY)
 
 
 def _anthropic() -> Provider:
-    from agents.providers import AnthropicProvider
+    from agentkit.providers import AnthropicProvider
 
     return AnthropicProvider(api_key=settings.ANTHROPIC_API_KEY)
 
@@ -265,7 +265,7 @@ def llm_step(label: str = "", conversation: Sequence[dict] | None = None) -> Cal
         return complete(request)
 
     def whole(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        # Calls recorded before agents.history kept the whole conversation as their input.
+        # Calls recorded before agentkit.history kept the whole conversation as their input.
         if conversation is None or not args or not isinstance(args[0], dict):
             return args, kwargs
         request = {key: value for key, value in args[0].items() if key != "history"}
@@ -285,7 +285,7 @@ def chat(ctx, messages: Sequence[dict], *, label: str = "", **options) -> dict:
 
     The reply is `{"role": "assistant", "content", "tool_calls", "finish_reason"}`, plus
     `"data"` (the parsed JSON) when `json=True`. Options: tools (specs, see
-    agents.tools.specs), model, json, temperature, max_tokens, provider.
+    agentkit.tools.specs), model, json, temperature, max_tokens, provider.
     """
     request = make_request(messages, **options)
     position = ctx.position
@@ -422,7 +422,7 @@ def _in_step():
 
 def record_call(provider: str, model: str, outcome: str, usage: tuple[int, int], latency_ms: int) -> None:
     """A billing row (ProviderCall) for one request a provider received, inside a step or not."""
-    from agents.models import ProviderCall
+    from agentkit.models import ProviderCall
 
     info = _in_step()
     try:
@@ -488,7 +488,7 @@ def describe_call(
 
     `request` holds the provider-neutral `messages` (see the module docstring) and the
     `tools` offered; `response` the reply's `content`, `tool_calls` and `finish_reason`.
-    Outside a step it does nothing. Other integrations (agents.integrations) call it too.
+    Outside a step it does nothing. Other integrations (agentkit.integrations) call it too.
     """
     info = _in_step()
     if info is None:

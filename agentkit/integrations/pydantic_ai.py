@@ -1,7 +1,7 @@
 """Durable Pydantic AI agents: each model request and each tool call is a checkpointed step.
 
     from pydantic_ai import Agent
-    from agents.integrations.pydantic_ai import DurableAgent, ToolOptions
+    from agentkit.integrations.pydantic_ai import DurableAgent, ToolOptions
 
     agent = Agent("openai:gpt-4o-mini", name="support", instructions="...")
     durable = DurableAgent(agent, tools={"refund": ToolOptions(RetryPolicy(max_attempts=5), timeout=20)})
@@ -14,7 +14,7 @@ The agent itself is unchanged. `run_sync` runs it with a capability whose hooks 
 model request (step `llm:<agent name>`) and tool call (step `tool:<tool name>`) through
 `ctx.step`: a replay hands back the recorded response or tool result, so the message history
 is rebuilt without calling the model or the tool again. Model steps record tokens, cost and
-the conversation like agents.llm's, and a billing row per request. A tool that needs approval
+the conversation like agentkit.llm's, and a billing row per request. A tool that needs approval
 (`requires_approval=True`, or raising `ApprovalRequired`) ends the agent's run with
 `DeferredToolRequests`; the run then waits for an `approval` signal per call (shown in the
 inbox with its prompt) and the agent goes on with the decisions.
@@ -67,7 +67,7 @@ from pydantic_ai.messages import (
 from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, ToolDenied
 from pydantic_core import to_jsonable_python
 
-from agents import faults, llm
+from agentkit import faults, llm
 from runs.workflow import NonRetryableError, RetryPolicy, current_step, step
 from steps.retry import DEFAULT_RETRY_POLICY
 
@@ -98,7 +98,7 @@ class DurableAgent:
     name: str = ""
     tools: Mapping[str, ToolOptions] = field(default_factory=dict)
     default_tool: ToolOptions = ToolOptions()
-    model_retry: RetryPolicy | None = None  # default: agents.llm.retry_policy()
+    model_retry: RetryPolicy | None = None  # default: agentkit.llm.retry_policy()
     model_timeout: float | None = None  # default: AGENTS_LLM_TIMEOUT + 5 s
     approval_signal: str = APPROVAL_SIGNAL
     # How long each approval waits; then the call is denied ("nobody approved it in time").
@@ -370,7 +370,7 @@ def _approval_prompt(agent_name: str, call: ToolCallPart) -> str:
 
 
 def _refused(exc: ModelHTTPError) -> llm.LLMError:
-    """The non-retryable error of agents.llm that a provider's 4xx stands for."""
+    """The non-retryable error of agentkit.llm that a provider's 4xx stands for."""
     kind = llm.AuthenticationFailed if exc.status_code in (401, 403) else llm.BadRequest
     return kind(f"{exc.model_name}: HTTP {exc.status_code}: {exc.body}")
 
@@ -392,7 +392,7 @@ def _model_name(agent: Agent) -> str:
     return getattr(model, "model_name", None) or str(model or "")
 
 
-# --- the conversation as the run page shows LLM steps (agents.llm's message format) --------
+# --- the conversation as the run page shows LLM steps (agentkit.llm's message format) --------
 
 
 def _turns(messages: list[ModelMessage]) -> list[dict]:

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from agents.models import Order, Payment, PaymentRequest
+from agentkit.models import Order, Payment, PaymentRequest
 from runs.workflow import NonRetryableError
 
 

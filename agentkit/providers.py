@@ -1,7 +1,7 @@
 """OpenAI and Anthropic through their official SDKs, imported only when used.
 
-Each provider translates agents.llm's neutral messages into its API's shape, maps
-the reply and its token usage back, and turns SDK exceptions into agents.llm's
+Each provider translates agentkit.llm's neutral messages into its API's shape, maps
+the reply and its token usage back, and turns SDK exceptions into agentkit.llm's
 errors so the retry policy can tell a rate limit (retry) from a refused key (stop).
 The SDKs' own retries are off: the durable engine retries, and records every attempt.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 
-from agents.llm import (
+from agentkit.llm import (
     AuthenticationFailed,
     BadRequest,
     LLMError,
@@ -27,7 +27,7 @@ from runs.redaction import redact
 
 
 def error_for_status(status: int, message: str, *, code: str = "", retry_after: float | None = None):
-    """The agents.llm error for an HTTP error status from a provider."""
+    """The agentkit.llm error for an HTTP error status from a provider."""
     if status in (401, 403):
         return AuthenticationFailed(message)
     if status == 429:

@@ -7,8 +7,8 @@
   notes, answer) whose number of steps depends on the question.
 - `approval_agent`: prepares a refund, waits for a human's `approval` signal until
   a deadline, escalates when nobody answers, then acts on the decision.
-- `shop_assistant`: a Pydantic AI agent (agents/pydantic_ai_demo.py) made durable by
-  agents.integrations.pydantic_ai; a large refund waits for a person's approval.
+- `shop_assistant`: a Pydantic AI agent (agentkit/pydantic_ai_demo.py) made durable by
+  agentkit.integrations.pydantic_ai; a large refund waits for a person's approval.
 
 Listed in DURABLE_WORKFLOW_MODULES by default, so workers know these workflows.
 The fake model's replies for their system prompts are registered here too.
@@ -22,11 +22,11 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from agents import corpus, fake, faults, llm, payments
-from agents.loop import run_agent
-from agents.models import Note, Notification, Order, OrderStatus
-from agents.tools import call as call_tool
-from agents.tools import idempotency_key, tool
+from agentkit import corpus, fake, faults, llm, payments
+from agentkit.loop import run_agent
+from agentkit.models import Note, Notification, Order, OrderStatus
+from agentkit.tools import call as call_tool
+from agentkit.tools import idempotency_key, tool
 from runs.workflow import NonRetryableError, RetryPolicy, current_step, workflow
 
 WORKFLOWS = ("refund_agent", "research_agent", "approval_agent", "shop_assistant")
@@ -375,7 +375,7 @@ def _fake_proposal(request) -> str:
 @workflow("shop_assistant")
 def shop_assistant(ctx, data):
     # Imported here: only the workers that run it load Pydantic AI.
-    from agents import pydantic_ai_demo
+    from agentkit import pydantic_ai_demo
 
     return pydantic_ai_demo.answer(ctx, data)
 

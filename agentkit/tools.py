@@ -1,6 +1,6 @@
 """Tools: registered Python functions with a JSON-schema'd input, executed as steps.
 
-    from agents import tools
+    from agentkit import tools
 
     @tools.tool(
         schema={"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
@@ -28,8 +28,8 @@ from typing import Any
 
 import jsonschema
 
-from agents import faults
-from agents.llm import ToolSpec
+from agentkit import faults
+from agentkit.llm import ToolSpec
 from runs import tracing
 from runs.workflow import NonRetryableError, RetryPolicy, current_step, step
 from steps.retry import DEFAULT_RETRY_POLICY

@@ -1,4 +1,4 @@
-"""The demo Pydantic AI agent: a shop assistant, made durable by agents.integrations.pydantic_ai.
+"""The demo Pydantic AI agent: a shop assistant, made durable by agentkit.integrations.pydantic_ai.
 
 An ordinary `pydantic_ai.Agent` with two tools: `look_up_order`, and `issue_refund`
 through the simulated payment API (which times out now and then: its step retries with the
@@ -7,7 +7,7 @@ run waits for an `approval` signal in the inbox. Its model is scripted (Pydantic
 `FunctionModel`), so the demo runs offline; give the agent a real model
 (`Agent("openai:gpt-4o-mini", ...)`) and nothing else changes.
 
-Imported by the `shop_assistant` workflow (agents.demos) when one of its runs executes, so
+Imported by the `shop_assistant` workflow (agentkit.demos) when one of its runs executes, so
 workers that never run it never load Pydantic AI.
 """
 
@@ -27,10 +27,10 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from agents import payments
-from agents.integrations.pydantic_ai import DurableAgent, ToolOptions
-from agents.models import Order
-from agents.tools import idempotency_key
+from agentkit import payments
+from agentkit.integrations.pydantic_ai import DurableAgent, ToolOptions
+from agentkit.models import Order
+from agentkit.tools import idempotency_key
 from runs.workflow import RetryPolicy
 
 REVIEW_ABOVE_CENTS = 40_00

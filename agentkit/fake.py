@@ -28,7 +28,7 @@ from typing import Any
 
 from django.conf import settings
 
-from agents.llm import LLMRequest, ProviderReply, ProviderTimeout, RateLimited, _in_step
+from agentkit.llm import LLMRequest, ProviderReply, ProviderTimeout, RateLimited, _in_step
 
 Reply = str | dict
 Responder = Callable[[LLMRequest], Reply]
@@ -133,7 +133,7 @@ class FakeProvider:
             {
                 "id": call.get("id") or f"call_{len(messages)}_{index}",
                 "name": call["name"],
-                # As the wire carries them: JSON text, parsed (and checked) by agents.llm.
+                # As the wire carries them: JSON text, parsed (and checked) by agentkit.llm.
                 "arguments": json.dumps(call.get("arguments") or {}),
             }
             for index, call in enumerate(reply.get("tool_calls") or [])

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from agents import demos
+from agentkit import demos
 from runs.models import Run
 from runs.workflow import registry
 
@@ -94,7 +94,7 @@ class Command(BaseCommand):
         if missing:
             raise CommandError(
                 f"demo workflows not registered: {', '.join(missing)}. "
-                "Add agents.demos to DURABLE_WORKFLOW_MODULES."
+                "Add agentkit.demos to DURABLE_WORKFLOW_MODULES."
             )
         orders = demos.ensure_demo_orders()
         started = []

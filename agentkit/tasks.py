@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from agents import retention
+from agentkit import retention
 
 
 @shared_task(name="agents.prune_billing", ignore_result=True)

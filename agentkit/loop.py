@@ -1,6 +1,6 @@
 """The durable agent loop: model → tool calls → model … until a final answer or the budget.
 
-    from agents.loop import run_agent
+    from agentkit.loop import run_agent
 
     @workflow("research")
     def research(ctx, data):
@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypedDict
 
-from agents import llm
-from agents import tools as toolbox
+from agentkit import llm
+from agentkit import tools as toolbox
 from runs.workflow import StepFailed
 
 

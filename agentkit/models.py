@@ -27,7 +27,7 @@ class ProviderCall(models.Model):
 
     Billing outlives runs: pruning a run clears `run` and keeps the row, which
     carries what reports need without the run (its workflow, provider, model,
-    tokens, cost, time). Calls are pruned on their own schedule (agents.retention).
+    tokens, cost, time). Calls are pruned on their own schedule (agentkit.retention).
     """
 
     run = models.ForeignKey(

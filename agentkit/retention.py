@@ -17,7 +17,7 @@ from django.db import transaction
 from django.db.models import Count, Sum
 from django.utils import timezone
 
-from agents.models import ProviderCall
+from agentkit.models import ProviderCall
 from runs.models import AuditEntry
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from agents.models import Note, Notification, Order, Payment, PaymentRequest, ProviderCall
+from agentkit.models import Note, Notification, Order, Payment, PaymentRequest, ProviderCall
 from runs.admin import ReadOnlyAdmin
 
 

@@ -18,7 +18,7 @@ from django.conf import settings
 
 from runs.workflow import current_step
 
-# Workflows whose runs may be crashed or paused; agents.demos adds its own.
+# Workflows whose runs may be crashed or paused; agentkit.demos adds its own.
 FAULTABLE: set[str] = set()
 
 
@@ -34,7 +34,7 @@ def inject() -> None:
     info = current_step()
     if info.position not in (crash_at, pause_at) or not _faultable(info.run_id):
         return
-    from agents.models import FaultMark
+    from agentkit.models import FaultMark
 
     if info.position == pause_at and FaultMark.first_time(info.run_id, info.position, "pause", os.getpid()):
         time.sleep(settings.AGENTS_PAUSE_SECONDS)

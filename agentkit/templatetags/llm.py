@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from django import template
 
-from agents import accounting, history
+from agentkit import accounting, history
 
 register = template.Library()
 
