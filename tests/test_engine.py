@@ -667,13 +667,13 @@ def test_each_claim_takes_its_own_token_not_the_message_id(doorbells, monkeypatc
     run = Run.objects.start("sleeper", {})
     doorbells.rung.clear()
     tokens = []
-    real_claim = Run.objects.claim
+    real_claim = Run.objects.claimed
 
     def recording_claim(run_id, owner, token):
         tokens.append(token)
         return real_claim(run_id, owner, token)
 
-    monkeypatch.setattr(Run.objects, "claim", recording_claim)
+    monkeypatch.setattr(Run.objects, "claimed", recording_claim)
     execute.apply(args=(run.pk,), task_id="message-1")
     monkeypatch.undo()
     assert tokens and tokens[0] != "message-1"
