@@ -508,10 +508,11 @@ def execute_run(run_id: int, token: str | None = None, executor=None) -> str:
     `executor` (runs.executor) when this is one of a pool process's run threads.
     """
     token = token or uuid.uuid4().hex  # each claim its own token
-    if not committed(executor, Run.objects.claim)(run_id, liveness.process_name(), token):
+    run = committed(executor, Run.objects.claimed)(run_id, liveness.process_name(), token)
+    if run is None:
         return "skipped"  # already claimed, finished, or cancelled: a duplicate doorbell
     try:
-        outcome = tracing.delivery(_advance, Run.objects.get(pk=run_id), token, executor)
+        outcome = tracing.delivery(_advance, run, token, executor)
     except DatabaseFailure:
         log.warning("run %s: database error; giving it back", run_id, exc_info=True)
         outcome = "database-error"
@@ -530,7 +531,9 @@ def _advance(run: Run, token: str, executor=None) -> str:
 
     if pinned_elsewhere(run.code_version, definition.version):
         return _leave_for_its_version(run, token, definition.version)
-    recorded = [] if _fresh(run) else list(run.live_checkpoints())
+    # Read through the committer's connection too: a run thread that only claims,
+    # replays and checkpoints opens no database connection of its own.
+    recorded = [] if _fresh(run) else committed(executor, _recorded)(run)
     ctx = RunContext(run, token, recorded, executor)
     try:
         output = call_workflow(definition.fn, ctx, run.input)
@@ -556,6 +559,10 @@ def committed(executor, method):
     if executor is None:
         return method
     return functools.partial(executor.committer.call, method)
+
+
+def _recorded(run: Run) -> list[Checkpoint]:
+    return list(run.live_checkpoints())
 
 
 def _fresh(run: Run) -> bool:

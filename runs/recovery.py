@@ -172,9 +172,12 @@ def _sweep_runs(report: SweepReport) -> None:
     fields = ("pk", "lease_token", "queue", "workflow", "dispatched_at", "updated_at")
     unanswered = list(Run.objects.unanswered().only(*fields)[:BATCH])
     served = WorkerProcess.served_queues() if unanswered else None
+    if served is not None and any(run.queue not in served for run in unanswered):
+        # No live worker consumes some of these: another doorbell would only pile up there.
+        # Ask again for served queues only, so a backlog on an unserved queue cannot fill
+        # the batch and keep the served queues' runs from their doorbells.
+        unanswered = list(Run.objects.unanswered().filter(queue__in=served).only(*fields)[:BATCH])
     for run in unanswered:
-        if served is not None and run.queue not in served:
-            continue  # no live worker consumes it: another doorbell would only pile up there
         report.redispatched += bool(_without_waiting(run.redispatch, f"run {run.pk}"))
 
 

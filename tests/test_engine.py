@@ -7,6 +7,7 @@ import time_machine
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from runs import recovery
 from runs.engine import execute_run
 from runs.models import AuditEntry, InvalidOperation, Run, Status, WaitKind, WorkerProcess
 from runs.recovery import sweep
@@ -586,6 +587,24 @@ def test_it_rings_a_pending_run_again_at_doubling_intervals(doorbells):
     assert doorbells.drain() == ["succeeded", "skipped", "skipped", "skipped"]
 
 
+def test_a_backlog_on_an_unserved_queue_does_not_keep_served_runs_from_their_doorbells(
+    doorbells, settings, monkeypatch
+):
+    settings.DURABLE_QUEUES = ["durable", "nobody-home"]
+    monkeypatch.setattr(recovery, "BATCH", 3)
+    start = timezone.now()
+    with time_machine.travel(start, tick=False):
+        for _ in range(5):  # older than the served run, and more than a batch
+            Run.objects.start("arithmetic", {"a": 1, "b": 1}, queue="nobody-home")
+    with time_machine.travel(start + timedelta(seconds=1), tick=False):
+        served = Run.objects.start("arithmetic", {"a": 2, "b": 2})
+    doorbells.rung.clear()  # every doorbell was lost
+    with time_machine.travel(start + timedelta(seconds=30), tick=False):
+        WorkerProcess.beat("w:1:a", "w", 1, ["durable"])
+        assert sweep().redispatched == 1
+    assert doorbells.rung == [served.pk]
+
+
 # --- liveness: timeouts that stick, stops that notify -----------------------------------------
 
 
@@ -667,13 +686,13 @@ def test_each_claim_takes_its_own_token_not_the_message_id(doorbells, monkeypatc
     run = Run.objects.start("sleeper", {})
     doorbells.rung.clear()
     tokens = []
-    real_claim = Run.objects.claim
+    real_claim = Run.objects.claimed
 
     def recording_claim(run_id, owner, token):
         tokens.append(token)
         return real_claim(run_id, owner, token)
 
-    monkeypatch.setattr(Run.objects, "claim", recording_claim)
+    monkeypatch.setattr(Run.objects, "claimed", recording_claim)
     execute.apply(args=(run.pk,), task_id="message-1")
     monkeypatch.undo()
     assert tokens and tokens[0] != "message-1"

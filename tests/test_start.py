@@ -73,3 +73,30 @@ def test_it_flags_a_pending_run_whose_queue_has_had_no_live_worker_for_a_minute(
     assert not run.queue_unserved()  # its worker went quiet 30 s ago: not a minute yet
     WorkerProcess.objects.filter(name="w:2:b").update(heartbeat_at=timezone.now() - timedelta(seconds=90))
     assert run.queue_unserved()
+
+
+def test_a_start_stores_the_run_as_returned_with_its_audit_entry_and_rings_once(doorbells):
+    # On PostgreSQL outside a transaction the run and its entry are one statement.
+    run = Run.objects.start("arithmetic", {"a": 1, "b": 2}, by="cli", priority=3)
+    stored = Run.objects.get(pk=run.pk)
+    fields = ("workflow", "input", "status", "priority", "idempotency_key", "code_version", "created_at")
+    assert [getattr(stored, name) for name in fields] == [getattr(run, name) for name in fields]
+    assert stored.priority == 3 and stored.status == Status.PENDING
+    entry = AuditEntry.objects.get(run=stored)
+    assert (entry.action, entry.actor_name, entry.details) == ("start", "cli", {"workflow": "arithmetic"})
+    assert doorbells.rung == [run.pk]
+
+
+def test_a_claim_returns_the_run_as_it_left_it_and_a_second_claim_nothing():
+    run = Run.objects.start("arithmetic", {"a": 1, "b": 2})
+    claimed = Run.objects.claimed(run.pk, "w1", "token-1")
+    assert (claimed.pk, claimed.status, claimed.lease_owner, claimed.lease_token, claimed.claims) == (
+        run.pk,
+        Status.RUNNING,
+        "w1",
+        "token-1",
+        1,
+    )
+    assert claimed.input == {"a": 1, "b": 2} and claimed.started_at is not None
+    assert Run.objects.claimed(run.pk, "w2", "token-2") is None
+    assert Run.objects.get(pk=run.pk).lease_token == "token-1"
