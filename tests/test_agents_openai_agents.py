@@ -1,6 +1,8 @@
 """An OpenAI Agents SDK agent run durably: model calls and tool calls are steps, replayed not repeated."""
 
 import pytest
+from agents import add_trace_processor
+from agents.tracing import TracingProcessor
 
 from agentkit.models import ProviderCall
 from runs.export import export_json
@@ -98,3 +100,31 @@ def test_a_tool_that_fails_for_good_fails_the_run_at_its_step(doorbells):
     run.refresh_from_db()
     assert (run.status, run.error_type, run.error_position) == (Status.FAILED, "ConnectionError", 1)
     assert ow.ledger() == ["model:0", "tool:add", "tool:add", "tool:add"]
+
+
+def test_the_sdks_own_tracing_is_off_so_no_trace_is_made_or_sent(doorbells):
+    seen = []
+
+    class Recorder(TracingProcessor):
+        def on_trace_start(self, trace):
+            seen.append(trace)
+
+        def on_trace_end(self, trace):
+            seen.append(trace)
+
+        def on_span_start(self, span):
+            seen.append(span)
+
+        def on_span_end(self, span):
+            seen.append(span)
+
+        def shutdown(self):
+            pass
+
+        def force_flush(self):
+            pass
+
+    add_trace_processor(Recorder())  # next to the SDK's exporter, which would send to OpenAI
+    Run.objects.start("oai_calculator", {})
+    assert doorbells.drain() == ["succeeded"]
+    assert seen == []
