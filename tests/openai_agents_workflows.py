@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 
-from agents import Agent, ModelResponse, Usage, function_tool
+from agents import Agent, ModelResponse, RunConfig, Usage, function_tool
 from agents.models.interface import Model
 from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText
 
@@ -129,3 +129,14 @@ def oai_calculator(ctx, data):
 
 
 faults.FAULTABLE.add("oai_calculator")
+
+
+# The same agent with a model name only: the run_config's model is the one that answers.
+named_calculator = calculator.clone(name="named", model="no-such-model")
+
+
+@workflow("oai_run_config_model")
+def oai_run_config_model(ctx, data):
+    config = RunConfig(model=ArithmeticModel(), tracing_disabled=True)
+    result = runner.run(ctx, named_calculator, "What is (2 + 3) * 7?", run_config=config)
+    return {"answer": result.final_output}

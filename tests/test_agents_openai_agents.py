@@ -128,3 +128,13 @@ def test_the_sdks_own_tracing_is_off_so_no_trace_is_made_or_sent(doorbells):
     Run.objects.start("oai_calculator", {})
     assert doorbells.drain() == ["succeeded"]
     assert seen == []
+
+
+def test_a_run_configs_model_is_the_one_checkpointed(doorbells):
+    run = Run.objects.start("oai_run_config_model", {})
+    assert doorbells.drain() == ["succeeded"]
+
+    run.refresh_from_db()
+    assert run.output == {"answer": "The answer is 35."}
+    assert names(run) == ["llm:named", "tool:add", "llm:named", "tool:multiply", "llm:named"]
+    assert ow.ledger() == CALLS

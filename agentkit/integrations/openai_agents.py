@@ -36,7 +36,6 @@ from typing import Any
 
 from agents import Agent, FunctionTool, Model, ModelResponse, RunConfig, Runner, set_tracing_disabled
 from agents.items import TResponseOutputItem
-from agents.models.multi_provider import MultiProvider
 from agents.tool import set_function_tool_failure_error_function
 from agents.usage import Usage
 from django.conf import settings
@@ -69,10 +68,14 @@ class DurableRunner:
 
         Options go to `Runner.run` (context, max_turns, run_config...).
         """
-        options.setdefault("run_config", RunConfig(tracing_disabled=True))
+        config = options.pop("run_config", None) or RunConfig(tracing_disabled=True)
+        # A run_config's model overrides the agent's: it is the one to checkpoint.
+        model = config.model or agent.model
+        config = dataclasses.replace(config, model=None)
 
         async def run(bridge: Bridge):
-            return await Runner.run(self._checkpointed(agent, bridge), input, **options)
+            checkpointed = self._checkpointed(agent, model, config, bridge)
+            return await Runner.run(checkpointed, input, run_config=config, **options)
 
         try:
             return Bridge(ctx).drive(run)
@@ -80,8 +83,9 @@ class DurableRunner:
             # The SDK wraps a tool's exception in its UserError: the run fails at the tool's step.
             raise _step_failure(exc) or exc from None
 
-    def _checkpointed(self, agent: Agent, bridge: Bridge) -> Agent:
-        model = agent.model if isinstance(agent.model, Model) else MultiProvider().get_model(agent.model)
+    def _checkpointed(self, agent: Agent, model: Model | str | None, config: RunConfig, bridge) -> Agent:
+        if not isinstance(model, Model):
+            model = config.model_provider.get_model(model)
         tools = [self._tool(tool, bridge) if isinstance(tool, FunctionTool) else tool for tool in agent.tools]
         return agent.clone(model=_CheckpointedModel(self, bridge, agent.name, model), tools=tools)
 
