@@ -18,8 +18,9 @@ from agentkit import faults
 from agentkit.integrations.openai_agents import DurableRunner, ToolOptions
 from runs.workflow import RetryPolicy, workflow
 
-# Tools that should fail before they succeed: name -> how many more times.
+# Tools that should fail (add) or stall (multiply) before they succeed: name -> how many more times.
 TROUBLE: dict[str, int] = {}
+STALL_SECONDS = 3.0
 _lock = threading.Lock()
 
 
@@ -103,7 +104,9 @@ def _maybe_trouble(name: str) -> None:
     with _lock:
         left = TROUBLE.get(name, 0)
         TROUBLE[name] = max(left - 1, 0)
-    if left:
+    if left and name == "multiply":
+        threading.Event().wait(STALL_SECONDS)  # past its timeout
+    elif left:
         raise ConnectionError(f"{name} is unreachable")
 
 
@@ -114,11 +117,9 @@ calculator = Agent(
     tools=[add, multiply],
 )
 
+quick_retries = RetryPolicy(max_attempts=3, initial_interval=0, jitter=0)
 runner = DurableRunner(
-    tools={
-        name: ToolOptions(RetryPolicy(max_attempts=3, initial_interval=0, jitter=0))
-        for name in ("add", "multiply")
-    }
+    tools={"add": ToolOptions(quick_retries), "multiply": ToolOptions(quick_retries, timeout=1)}
 )
 
 

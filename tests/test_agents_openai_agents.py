@@ -9,7 +9,7 @@ from runs.export import export_json
 from runs.models import Run, Status
 from runs.recovery import sweep
 from runs.testing import assert_replays
-from steps.models import Checkpoint
+from steps.models import Attempt, Checkpoint
 from tests import openai_agents_workflows as ow
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -78,7 +78,7 @@ def test_an_exported_run_replays_offline_without_calling_the_model_or_a_tool(doo
 
 
 def test_a_failing_tool_is_retried_by_its_step_and_the_model_is_not_asked_again(doorbells):
-    ow.TROUBLE["multiply"] = 1
+    ow.TROUBLE["add"] = 1
     run = Run.objects.start("oai_calculator", {})
     assert doorbells.drain() == ["ok/retry"]
     sweep()
@@ -86,7 +86,20 @@ def test_a_failing_tool_is_retried_by_its_step_and_the_model_is_not_asked_again(
 
     run.refresh_from_db()
     assert run.output["answer"] == "The answer is 35."
-    assert ow.ledger() == [*CALLS[:3], "tool:multiply", *CALLS[3:]]
+    assert ow.ledger() == ["model:0", "tool:add", "tool:add", *CALLS[2:]]
+
+
+def test_a_tool_past_its_timeout_fails_the_attempt_and_is_tried_again(doorbells):
+    ow.TROUBLE["multiply"] = 1
+    run = Run.objects.start("oai_calculator", {})
+    assert doorbells.drain() == ["ok/retry"]
+    assert Attempt.objects.get(run=run, position=3).error_type == "StepTimeout"
+
+    sweep()
+    assert doorbells.drain() == ["succeeded"]
+    run.refresh_from_db()
+    assert run.output["answer"] == "The answer is 35."
+    assert [line for line in ow.ledger() if line.startswith("model")] == ["model:0", "model:1", "model:2"]
 
 
 def test_a_tool_that_fails_for_good_fails_the_run_at_its_step(doorbells):
