@@ -81,7 +81,10 @@ class DurableRunner:
             return Bridge(ctx).drive(run)
         except Exception as exc:
             # The SDK wraps a tool's exception in its UserError: the run fails at the tool's step.
-            raise _step_failure(exc) or exc from None
+            failure = _step_failure(exc)
+            if failure is None:
+                raise
+            raise failure from None
 
     def _checkpointed(self, agent: Agent, model: Model | str | None, config: RunConfig, bridge) -> Agent:
         if not isinstance(model, Model):
