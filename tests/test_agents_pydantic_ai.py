@@ -8,7 +8,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from agentkit import accounting
-from agentkit.integrations import pydantic_ai as durable
+from agentkit.integrations import agent_thread
 from agentkit.models import ProviderCall
 from runs.export import export_json
 from runs.models import Run, Status, WaitKind
@@ -155,7 +155,7 @@ def test_a_tool_past_its_timeout_fails_the_attempt_and_is_tried_again(doorbells)
 
 def test_an_agent_that_cannot_stop_is_left_behind_and_the_run_goes_on(doorbells, monkeypatch, caplog):
     # An async tool that blocks its event loop past its timeout: the agent cannot unwind in time.
-    monkeypatch.setattr(durable, "ABANDON_AFTER_SECONDS", 0.1)
+    monkeypatch.setattr(agent_thread, "ABANDON_AFTER_SECONDS", 0.1)
     pw.TROUBLE["blocking_lookup"] = 1
     run = Run.objects.start("pydai_blocker", {})
     assert doorbells.drain() == ["ok/retry"]

@@ -19,23 +19,16 @@ the conversation like agentkit.llm's, and a billing row per request. A tool that
 `DeferredToolRequests`; the run then waits for an `approval` signal per call (shown in the
 inbox with its prompt) and the agent goes on with the decisions.
 
-Why a second thread: Pydantic AI is async and `ctx.step` is synchronous. The agent runs on
-an event loop of its own thread; the workflow thread serves its steps one at a time, each
-step's body running back on the agent's loop (so SDK clients stay on one loop). Tool calls
+Why a second thread: Pydantic AI is async and `ctx.step` is synchronous, so the agent runs on
+an event loop of its own thread (agentkit.integrations.agent_thread). Tool calls
 run one after another, so steps take the same positions on every replay. Toolsets that do
 I/O to list their tools (MCP servers) are not checkpointed here.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextvars
 import functools
 import json
-import logging
-import queue
-import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -68,25 +61,12 @@ from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, ToolDen
 from pydantic_core import to_jsonable_python
 
 from agentkit import faults, llm
+from agentkit.integrations.agent_thread import Bridge, ToolOptions
 from runs.workflow import NonRetryableError, RetryPolicy, current_step, step
-from steps.retry import DEFAULT_RETRY_POLICY
 
 APPROVAL_SIGNAL = "approval"
 # How a recorded tool output says the tool raised one of Pydantic AI's control-flow exceptions.
 RAISED = "__pydantic_ai_raised__"
-WAKE_SECONDS = 0.25
-# How long a cancelled agent may take to unwind (a sync tool's thread cannot be stopped).
-ABANDON_AFTER_SECONDS = 5.0
-
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ToolOptions:
-    """How one tool's step is retried and how long one attempt may take (seconds)."""
-
-    retry: RetryPolicy = DEFAULT_RETRY_POLICY
-    timeout: float | None = None
 
 
 @dataclass
@@ -97,7 +77,7 @@ class DurableAgent:
     # Step names say which agent made the call: llm:<name>. Defaults to the agent's name.
     name: str = ""
     tools: Mapping[str, ToolOptions] = field(default_factory=dict)
-    default_tool: ToolOptions = ToolOptions()
+    default_tool: ToolOptions = field(default_factory=ToolOptions)
     model_retry: RetryPolicy | None = None  # default: agentkit.llm.retry_policy()
     model_timeout: float | None = None  # default: AGENTS_LLM_TIMEOUT + 5 s
     approval_signal: str = APPROVAL_SIGNAL
@@ -117,14 +97,14 @@ class DurableAgent:
         output_type = options.pop("output_type", None) or self.agent.output_type
         while True:
             run = functools.partial(self._run, user_prompt, history, decisions, output_type, options)
-            result = _Bridge(ctx).drive(run)
+            result = Bridge(ctx).drive(run)
             if not isinstance(result.output, DeferredToolRequests):
                 return result
             decisions = self._ask_people(ctx, result.output)
             history, user_prompt = result.all_messages(), None
             options["usage"] = result.usage  # the result counts the requests and calls of every part
 
-    async def _run(self, user_prompt, history, decisions, output_type, options, bridge: _Bridge):
+    async def _run(self, user_prompt, history, decisions, output_type, options, bridge: Bridge):
         checkpoints = _Checkpoints(self, bridge)
         with Agent.parallel_tool_call_execution_mode("sequential"):
             return await self.agent.run(
@@ -154,7 +134,7 @@ class DurableAgent:
 
     # --- step definitions ------------------------------------------------------------
 
-    def model_step(self, bridge: _Bridge, send: Callable[[], Awaitable[ModelResponse]], messages) -> Callable:
+    def model_step(self, bridge: Bridge, send: Callable[[], Awaitable[ModelResponse]], messages) -> Callable:
         def request_model(summary: dict) -> dict:
             faults.inject()
             started = time.monotonic()
@@ -188,7 +168,7 @@ class DurableAgent:
             timeout=self.model_timeout or settings.AGENTS_LLM_TIMEOUT + 5,
         )
 
-    def tool_step(self, bridge: _Bridge, tool_name: str, execute: Callable[[], Awaitable[Any]]) -> Callable:
+    def tool_step(self, bridge: Bridge, tool_name: str, execute: Callable[[], Awaitable[Any]]) -> Callable:
         options = self.tools.get(tool_name, self.default_tool)
 
         def call_tool(arguments: dict, call_id: str) -> Any:
@@ -209,7 +189,7 @@ class DurableAgent:
 class _Checkpoints(AbstractCapability):
     """The hooks that turn the agent's model requests and tool executions into steps."""
 
-    def __init__(self, durable: DurableAgent, bridge: _Bridge):
+    def __init__(self, durable: DurableAgent, bridge: Bridge):
         super().__init__()
         self.durable = durable
         self.bridge = bridge
@@ -231,110 +211,10 @@ class _Checkpoints(AbstractCapability):
         return value
 
 
-class _Bridge:
-    """Runs the agent on a loop of its own thread while the workflow thread executes its steps."""
-
-    def __init__(self, ctx):
-        self.ctx = ctx
-        self.requests: queue.SimpleQueue = queue.SimpleQueue()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.main: asyncio.Task | None = None
-
-    def drive(self, make_run: Callable[..., Awaitable[Any]]) -> Any:
-        """Run the coroutine `make_run(bridge=self)` on the agent thread, serving its steps here."""
-        outcome: dict[str, Any] = {}
-
-        async def main():
-            self.loop, self.main = asyncio.get_running_loop(), asyncio.current_task()
-            return await make_run(bridge=self)
-
-        def agent_thread():
-            try:
-                outcome["value"] = asyncio.run(main())
-            except BaseException as exc:  # handed to the workflow thread
-                outcome["error"] = exc
-            finally:
-                self.requests.put(None)
-
-        # The agent's thread sees this thread's context (the Django test database, for one).
-        thread = threading.Thread(target=contextvars.copy_context().run, args=(agent_thread,), daemon=True)
-        thread.start()
-        try:
-            while (request := self.requests.get()) is not None:
-                self._serve(*request)
-        except BaseException:
-            # The run leaves this worker (a wait, a retry's backoff, a lost lease): stop the agent.
-            self._cancel()
-            self._wind_down(thread)
-            raise
-        thread.join()
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["value"]
-
-    async def step(self, step_fn: Callable, *args: Any) -> Any:
-        """On the agent's loop: have the workflow thread run `ctx.step(step_fn, *args)`."""
-        answer = self.loop.create_future()
-        self.requests.put((step_fn, args, answer))
-        return await answer
-
-    def run_in_agent_loop(self, coroutine: Awaitable[Any]) -> Any:
-        """In a step's body: run the real model request or tool on the agent's loop and wait."""
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-        try:
-            while not future.done():
-                # Short waits: an interruption raised in this thread (steps.timeouts) lands between them.
-                concurrent.futures.wait([future], timeout=WAKE_SECONDS)
-            return future.result()
-        finally:
-            future.cancel()  # timed out or interrupted: do not let it run on
-
-    def _serve(self, step_fn: Callable, args: tuple, answer: asyncio.Future) -> None:
-        try:
-            value = self.ctx.step(step_fn, *args)
-        except Exception as exc:  # StepFailed and the like: the agent sees them raised
-            self.loop.call_soon_threadsafe(_settle, answer, None, exc)
-        else:
-            self.loop.call_soon_threadsafe(_settle, answer, value, None)
-
-    def _wind_down(self, thread: threading.Thread) -> None:
-        """Wait a little for the cancelled agent to finish; a tool stuck in a thread is left behind.
-
-        The run's state is already recorded, so nothing the abandoned agent does can reach it.
-        """
-        deadline = time.monotonic() + ABANDON_AFTER_SECONDS
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                request = self.requests.get(timeout=left)
-            except queue.Empty:
-                break
-            if request is None:
-                thread.join()
-                return
-            self.loop.call_soon_threadsafe(request[2].cancel)  # a step asked for while unwinding
-        log.warning("a Pydantic AI agent did not stop in %ss; its thread is abandoned", ABANDON_AFTER_SECONDS)
-
-    def _cancel(self) -> None:
-        if self.loop is not None and self.main is not None:
-            try:
-                self.loop.call_soon_threadsafe(self.main.cancel)
-            except RuntimeError:  # the loop has already closed
-                pass
-
-
 def _with_deferred(output_type: Any) -> list:
     """The run's output types, with DeferredToolRequests: an approval ends the agent's run here."""
     types = list(output_type) if isinstance(output_type, (list, tuple)) else [output_type]
     return types if DeferredToolRequests in types else [*types, DeferredToolRequests]
-
-
-def _settle(answer: asyncio.Future, value: Any, error: BaseException | None) -> None:
-    if answer.done():
-        return
-    if error is not None:
-        answer.set_exception(error)
-    else:
-        answer.set_result(value)
 
 
 def _dump_part(part) -> dict:
